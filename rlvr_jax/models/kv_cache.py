@@ -1,0 +1,52 @@
+"""The explicit KV cache: a pytree passed into the model and returned updated, never hidden state."""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlvr_jax.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer, plus which slots hold real tokens.
+
+    Rows share one write index: prompts are left-padded so that they all end at the same slot, and
+    padding is excluded by `mask`, never by comparing token ids with a pad id.
+
+    k, v: one array per layer, each [N, S, Hkv, K]
+    mask: [N, S] bool, True where the slot holds a real (non-pad) token
+    index: [] int32, the next slot to write
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    mask: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def init(cls, cfg: ModelConfig, batch: int, size: int, dtype: str | None = None) -> KVCache:
+        """An empty cache of `size` slots for `batch` rows ([N, S, Hkv, K] per layer)."""
+        dt = jnp.dtype(dtype or cfg.dtype)
+        shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+        return cls(
+            k=tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers)),
+            v=tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_layers)),
+            mask=jnp.zeros((batch, size), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[1]
+
+    def repeat(self, g: int) -> KVCache:
+        """Each row repeated g times along the batch ([B,...] -> [B*G,...], rows of a prompt adjacent):
+        a prompt is prefilled once and its cache shared by its G samples."""
+        rep = lambda x: jnp.repeat(x, g, axis=0)
+        return self.replace(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), mask=rep(self.mask))
+
+    def nbytes(self) -> int:
+        return sum(x.size * x.dtype.itemsize for x in (*self.k, *self.v, self.mask))
