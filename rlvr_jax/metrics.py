@@ -1,0 +1,107 @@
+"""Run metrics: one JSON line per step, TensorBoard events, and a PNG of the curves at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CURVES = (
+    ("reward/raw_mean", "reward (raw mean)"),
+    ("kl/mean", "KL to reference"),
+    ("rollout/response_len", "response length (tokens)"),
+)
+
+
+def _scalar(v: Any) -> float | int | None:
+    try:
+        x = np.asarray(v)
+    except Exception:
+        return None
+    if x.size != 1:
+        return None
+    x = x.item()
+    if isinstance(x, bool):
+        return int(x)
+    return x if isinstance(x, int) else float(x)
+
+
+class MetricsWriter:
+    """Appends step metrics to WORKDIR/metrics.jsonl and TensorBoard event files.
+
+    On resume, `truncate_after(step)` drops lines written after the restored checkpoint, so the file
+    reads exactly like an uninterrupted run's.
+    """
+
+    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only records with record["step"] <= step (rewritten atomically)."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """Record scalars for `step`; non-scalars are dropped. Returns the record written."""
+        rec: dict[str, Any] = {"step": int(step)}
+        for k, v in sorted(metrics.items()):
+            s = _scalar(v)
+            if s is not None:
+                rec[k] = s if not (isinstance(s, float) and not math.isfinite(s)) else str(s)
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        return rec
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
+    """A PNG with reward, KL and response-length curves (written to a temp file, then renamed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.2))
+    for ax, (key, title) in zip(axes, CURVES, strict=True):
+        pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float))]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png
