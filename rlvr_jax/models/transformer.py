@@ -4,8 +4,8 @@ Defined as Flax NNX modules and run functionally: `init_model` splits once into 
 and `forward` is a pure function of both, so callers can `jax.jit` it with explicit shardings. Every
 parameter carries logical axis names (`sharding_names`); `rlvr_jax.mesh` maps them to a mesh.
 
-Layers are a plain list, unrolled inside jit: on XLA:CPU a scan over stacked layer weights copies the
-weights at every decode step, which costs about half the decode speed.
+Layers are a plain list, unrolled inside jit: on XLA:CPU a scan over stacked layer weights copies
+the weights at every decode step, which costs about half the decode speed.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class RMSNorm(nnx.Module):
         # Normalise in fp32 and cast back before the scale, as transformers does.
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return self.scale.value * xf.astype(x.dtype)
+        return self.scale[...] * xf.astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -84,7 +84,8 @@ class Attention(nnx.Module):
             self.k_bias = _zeros((hkv, k), ("kv_heads", "head_dim"), dt)
             self.v_bias = _zeros((hkv, k), ("kv_heads", "head_dim"), dt)
         self.has_bias = cfg.attention_bias
-        self.inv_freq = rope_inv_freq(cfg)
+        # The config, not an inv_freq array: an array attribute would become a leaf of the state.
+        self.cfg = cfg
         self.groups = h // hkv
 
     def __call__(self, x, positions, mask, kv):
@@ -93,13 +94,14 @@ class Attention(nnx.Module):
         Returns ([N,T,D], (k, v)) where k, v are [N,S,Hkv,K]: the updated cache, or this step's keys
         and values when there is no cache (S = T).
         """
-        q = jnp.einsum("ntd,dhk->nthk", x, self.q.value)
-        k = jnp.einsum("ntd,dhk->nthk", x, self.k.value)
-        v = jnp.einsum("ntd,dhk->nthk", x, self.v.value)
+        q = jnp.einsum("ntd,dhk->nthk", x, self.q[...])
+        k = jnp.einsum("ntd,dhk->nthk", x, self.k[...])
+        v = jnp.einsum("ntd,dhk->nthk", x, self.v[...])
         if self.has_bias:
-            q, k, v = q + self.q_bias.value, k + self.k_bias.value, v + self.v_bias.value
-        q = apply_rope(q, positions, self.inv_freq)
-        k = apply_rope(k, positions, self.inv_freq)
+            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
+        inv_freq = rope_inv_freq(self.cfg)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
         if kv is not None:
             k_cache, v_cache, index = kv
             k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
@@ -112,7 +114,7 @@ class Attention(nnx.Module):
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
         out = jnp.einsum("ngrts,nsgk->ntgrk", probs, v.astype(q.dtype)).reshape(n, t, h, kd)
-        return jnp.einsum("nthk,hkd->ntd", out, self.o.value), (k, v)
+        return jnp.einsum("nthk,hkd->ntd", out, self.o[...]), (k, v)
 
 
 class MLP(nnx.Module):
@@ -123,7 +125,7 @@ class MLP(nnx.Module):
         self.down = _param(rngs, (f, d), ("mlp", "embed"), dt)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return (jax.nn.silu(x @ self.gate.value) * (x @ self.up.value)) @ self.down.value
+        return (jax.nn.silu(x @ self.gate[...]) * (x @ self.up[...])) @ self.down[...]
 
 
 class Block(nnx.Module):
@@ -148,14 +150,16 @@ class Transformer(nnx.Module):
         self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.dtype)
+            self.lm_head = _param(
+                rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.dtype
+            )
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final hidden states [..., D] -> fp32 logits [..., V]."""
         if self.cfg.tie_word_embeddings:
-            out = jnp.einsum("...d,vd->...v", hidden, self.embed.value)
+            out = jnp.einsum("...d,vd->...v", hidden, self.embed[...])
         else:
-            out = hidden @ self.lm_head.value
+            out = hidden @ self.lm_head[...]
         return out.astype(jnp.float32)
 
     def __call__(
@@ -168,15 +172,15 @@ class Transformer(nnx.Module):
     ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions [N,T] int; attn_mask [N,T] (True = real token; default all real).
 
-        Without a cache: causal attention over these T tokens. With a cache: the T tokens are written
-        at slots [index, index+T), attend to every earlier real slot, and the updated cache is
-        returned. Output: fp32 logits [N,T,V] (or final hidden states [N,T,D] if return_hidden).
+        Without a cache: causal attention over these T tokens. With a cache: the T tokens are
+        written at slots [index, index+T), attend to every earlier real slot, and the updated cache
+        is returned. Output: fp32 logits [N,T,V] (or final hidden states [N,T,D] if return_hidden).
         """
         n, t = tokens.shape
         if attn_mask is None:
             attn_mask = jnp.ones((n, t), bool)
         attn_mask = attn_mask.astype(bool)
-        x = jnp.take(self.embed.value, tokens, axis=0)
+        x = jnp.take(self.embed[...], tokens, axis=0)
         if cache is None:
             causal = jnp.tril(jnp.ones((t, t), bool))
             mask = causal[None] & attn_mask[:, None, :]
@@ -224,11 +228,11 @@ def forward(
 
 
 def lm_logits(graphdef: nnx.GraphDef, state: nnx.State, hidden: jax.Array) -> jax.Array:
-    """Project final hidden states [..., D] to fp32 logits [..., V] (e.g. at a few positions only)."""
+    """Final hidden states [..., D] -> fp32 logits [..., V] (e.g. at a few positions only)."""
     return nnx.merge(graphdef, state).logits(hidden)
 
 
 def positions_from_mask(attn_mask: jax.Array) -> jax.Array:
-    """RoPE positions [N,T] for a left-padded batch: count of real tokens before each slot (pads get 0)."""
+    """RoPE positions [N,T] of a left-padded batch: real tokens before each slot (pads get 0)."""
     m = attn_mask.astype(jnp.int32)
     return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)

@@ -1,0 +1,83 @@
+"""Saving and restoring pytrees of arrays with orbax (tensorstore). The only module importing orbax.
+
+Two generic helpers, on which the model directory (params) and the trainer (TrainState: params,
+optimizer state, step, data iterator state) both build:
+
+- `save_pytree(path, tree)`: write a pytree of arrays to a new directory `path`, atomically (orbax
+  writes to a temporary directory and renames it into place on success).
+- `restore_pytree(path, abstract_tree)`: read it back into the structure, dtypes and shardings of
+  `abstract_tree` (a pytree of `jax.ShapeDtypeStruct`), so arrays are born with the target dtype and
+  placement (e.g. sharded over a mesh) without an intermediate full copy on one device.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or written; the message is one readable line."""
+
+
+def _single_device_sharding() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _with_sharding(x: Any) -> Any:
+    """x as a ShapeDtypeStruct that names a sharding (orbax needs one to restore)."""
+    if isinstance(x, jax.ShapeDtypeStruct | jax.Array):
+        sharding = getattr(x, "sharding", None) or _single_device_sharding()
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+    return x
+
+
+def save_pytree(path: str | Path, tree: PyTree, overwrite: bool = False) -> None:
+    """Write `tree` (a pytree of jax/numpy arrays and scalars) as an orbax checkpoint directory.
+
+    `path` must not exist unless `overwrite`. Blocks until the write is complete and committed.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, tree, force=overwrite)
+        ckptr.wait_until_finished()
+
+
+def restore_pytree(path: str | Path, abstract_tree: PyTree) -> PyTree:
+    """Read the checkpoint at `path` into the structure of `abstract_tree`.
+
+    abstract_tree: a pytree of `jax.ShapeDtypeStruct` (or arrays) giving each leaf's shape, dtype
+    (stored values are cast to it) and sharding (a single device when none is given).
+    Raises CheckpointError (one line) when the directory is missing or does not match.
+    """
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no checkpoint directory")
+    target = jax.tree.map(_with_sharding, abstract_tree)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path, target)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: checkpoint does not match the expected tree: {first}"
+        ) from e
+
+
+def pytree_metadata(path: str | Path) -> PyTree:
+    """The stored tree's structure with per-leaf metadata (shape, dtype), without reading arrays."""
+    path = Path(path).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.metadata(path).item_metadata
+
+
+# Orbax logs every save/restore at INFO through absl; keep the user's console for progress output.
+logging.getLogger("absl").setLevel(logging.WARNING)
