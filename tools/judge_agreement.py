@@ -1,0 +1,131 @@
+"""Agreement between judges, and each judge's quality on labelled rows.
+
+    python tools/judge_agreement.py A.jsonl B.jsonl [C.jsonl ...] [--json OUT] [--bins 10]
+
+Each file holds one judge's judgments on the same rows (tools/score.py's output: question,
+reference, response, binary or verdict, soft; optionally label and subject). Prints percent
+agreement, Cohen's kappa per pair and Fleiss' kappa for three or more judges, overall and per
+subject; with labelled rows (label YES/NO or 1/0) also each judge's accuracy, TPR/FPR, ROC AUC of
+its soft score and a calibration table. One file alone gives its quality only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# Run as a script (python tools/judge_agreement.py), the repository root is not on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlvr_jax import agreement  # noqa: E402
+
+
+def read_jsonl(path: Path) -> list[tuple[str, dict]]:
+    """(where, row) per non-blank line; AgreementError naming the line on bad JSON."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise agreement.AgreementError(f"{path}: cannot read ({e.strerror})") from None
+    rows = []
+    for i, line in enumerate(lines):
+        if line.strip():
+            where = f"{path}:line {i + 1}"
+            try:
+                rows.append((where, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise agreement.AgreementError(f"{where}: not valid JSON ({e.msg})") from None
+    if not rows:
+        raise agreement.AgreementError(f"{path}: no rows")
+    return rows
+
+
+def judge_names(paths: list[Path]) -> list[str]:
+    """File stems, or whole paths where stems collide."""
+    stems = [p.stem for p in paths]
+    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
+
+
+def _f(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def print_report(rep: dict, console: Console) -> None:
+    if rep["agreement"]:
+        t = Table(title=f"Agreement of {len(rep['judges'])} judges on {rep['n_rows']} rows")
+        for c in ("subject", "n", "all agree", "Fleiss κ"):
+            t.add_column(c, justify="left" if c == "subject" else "right")
+        for g, a in rep["agreement"].items():
+            t.add_row(g, str(a["n"]), _f(a["percent_agreement"], True), _f(a.get("fleiss_kappa")))
+        console.print(t)
+        t = Table(title="Pairwise agreement")
+        for c in ("subject", "judge A", "judge B", "agree", "Cohen κ"):
+            t.add_column(c, justify="right" if c in ("agree", "Cohen κ") else "left")
+        for g, a in rep["agreement"].items():
+            for p in a["pairs"]:
+                t.add_row(g, p["a"], p["b"], _f(p["percent_agreement"], True), _f(p["cohen_kappa"]))
+        console.print(t)
+    for judge, q in rep.get("quality", {}).items():
+        t = Table(title=f"{judge}: quality on labelled rows")
+        for c in ("subject", "n", "correct", "accuracy", "TPR", "FPR", "AUC (soft)", "ECE"):
+            t.add_column(c, justify="left" if c == "subject" else "right")
+        for g, m in q.items():
+            cal = m.get("calibration")
+            t.add_row(
+                g,
+                str(m["n"]),
+                str(m["n_yes"]),
+                _f(m["accuracy"], True),
+                _f(m["tpr"], True),
+                _f(m["fpr"], True),
+                _f(m.get("auc")),
+                _f(cal["ece"]) if cal else "n/a",
+            )
+        console.print(t)
+        cal = q["all"].get("calibration")
+        if cal:
+            t = Table(title=f"{judge}: calibration of the soft score")
+            for c in ("bin", "count", "mean soft", "fraction correct"):
+                t.add_column(c, justify="right")
+            for b in cal["bins"]:
+                t.add_row(
+                    f"[{b['lo']:.1f}, {b['hi']:.1f}]",
+                    str(b["count"]),
+                    _f(b["mean_soft"]),
+                    _f(b["frac_yes"]),
+                )
+            console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", type=Path, help="judgment JSONL files, one per judge")
+    ap.add_argument("--json", type=Path, help="also write the report as JSON here")
+    ap.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    args = ap.parse_args(argv)
+    try:
+        names = judge_names(args.files)
+        al = agreement.align({n: read_jsonl(p) for n, p in zip(names, args.files, strict=True)})
+        if len(names) < 2 and al.labels is None:
+            raise agreement.AgreementError("one file without labels: nothing to compare")
+        rep = agreement.report(al, n_bins=args.bins)
+    except agreement.AgreementError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_report(rep, Console())
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(agreement.to_json(rep), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
