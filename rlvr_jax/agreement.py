@@ -266,3 +266,47 @@ def report(al: Aligned, n_bins: int = 10) -> dict:
 def to_json(rep: dict) -> dict:
     """`report`'s output with NaN as null, for json.dumps."""
     return _nan_to_none(rep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy tables (for evaluate): majority votes, per-subject / per-field means, markdown.
+
+
+def majority(votes: np.ndarray) -> np.ndarray:
+    """Majority verdict of votes [N, M] (1 = YES) -> [N] int; a tie is NO (unclear = wrong)."""
+    v = np.asarray(votes)
+    return (2 * v.sum(axis=1) > v.shape[1]).astype(int)
+
+
+def accuracy_by_group(rows: Sequence[Mapping], keys: Sequence[str]) -> dict:
+    """Means of the score columns `keys` over rows, overall, per subject and per field.
+
+    Returns {"all": {"n", key: mean...}, "subject": {s: {...}}, "field": {f: {...}},
+    "field_average": {key: mean over fields of the per-field means}} (the paper's averaged figure).
+    """
+
+    def means(rs: list[Mapping]) -> dict:
+        return {"n": len(rs), **{k: float(np.mean([float(r[k]) for r in rs])) for k in keys}}
+
+    out: dict[str, Any] = {"all": means(list(rows))}
+    for g in ("subject", "field"):
+        groups: dict[str, list[Mapping]] = {}
+        for r in rows:
+            groups.setdefault(str(r.get(g) or "unknown"), []).append(r)
+        out[g] = {name: means(rs) for name, rs in sorted(groups.items())}
+    out["field_average"] = {k: float(np.mean([m[k] for m in out["field"].values()])) for k in keys}
+    return out
+
+
+def markdown_table(acc: dict, keys: Sequence[str]) -> str:
+    """`accuracy_by_group`'s result as a markdown table (percentages), fields then subjects."""
+    lines = ["| group | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    row = lambda name, m: f"| {name} | {m['n']} | " + " | ".join(f"{100 * m[k]:.1f}" for k in keys)
+    lines.append(row("**all**", acc["all"]) + " |")
+    for f, m in acc["field"].items():
+        lines.append(row(f"field: {f}", m) + " |")
+    avg = acc["field_average"]
+    lines.append("| field average | | " + " | ".join(f"{100 * avg[k]:.1f}" for k in keys) + " |")
+    for s, m in acc["subject"].items():
+        lines.append(row(s, m) + " |")
+    return "\n".join(lines) + "\n"

@@ -201,3 +201,26 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
         p.stderr.strip() == f"error: {f}:line 2: not valid JSON (Expecting property name "
         "enclosed in double quotes)"
     )
+
+
+def test_majority_ties_are_no():
+    votes = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    assert agreement.majority(votes).tolist() == [1, 0, 0]
+    assert agreement.majority(np.array([[1, 0], [1, 1]])).tolist() == [0, 1]
+
+
+def test_accuracy_by_group_and_markdown():
+    rows = [
+        {"subject": "economics", "field": "Social Sciences", "judge": 1, "rule": 0},
+        {"subject": "economics", "field": "Social Sciences", "judge": 0, "rule": 0},
+        {"subject": "psychology", "field": "Social Sciences", "judge": 1, "rule": 1},
+        {"subject": "chemistry", "field": "STEM", "judge": 1, "rule": 1},
+    ]
+    acc = agreement.accuracy_by_group(rows, ["judge", "rule"])
+    assert acc["all"] == {"n": 4, "judge": 0.75, "rule": 0.5}
+    assert acc["subject"]["economics"] == {"n": 2, "judge": 0.5, "rule": 0.0}
+    assert acc["field"]["Social Sciences"]["judge"] == pytest.approx(2 / 3)
+    # field average: mean of per-field means, ((2/3) + 1) / 2 for the judge
+    assert acc["field_average"]["judge"] == pytest.approx(5 / 6)
+    md = agreement.markdown_table(acc, ["judge", "rule"])
+    assert "| economics | 2 | 50.0 | 0.0 |" in md and "| field average | | 83.3 | 66.7 |" in md
