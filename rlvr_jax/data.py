@@ -9,10 +9,11 @@ one line naming file, line (or row) and field, and a per-config policy skips it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,7 +74,7 @@ class LoadReport:
     """What a load produced: the good examples and one message per skipped row."""
 
     examples: list[Example]
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = dataclasses.field(default_factory=list)
     source: str = ""
 
     def summary(self) -> str:
@@ -93,8 +94,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     JSONL is parsed line by line rather than with Arrow's reader: Arrow rejects a column whose type
     changes between rows before any row is seen, and we must name the offending line instead.
     """
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
     if text.lstrip().startswith("["):  # a JSON array file, not JSON lines
         try:
             rows = json.loads(text)
@@ -162,7 +165,10 @@ def read_rows(
         raise DataError(f"{path}: no files for split {split!r} (expected e.g. {split}.jsonl)")
     for f in files:
         if f.suffix == ".parquet":
-            ds = datasets.Dataset.from_parquet(str(f), cache_dir=cache_dir)
+            try:
+                ds = datasets.Dataset.from_parquet(str(f), cache_dir=cache_dir)
+            except Exception as e:  # pyarrow/datasets raise many types for an unreadable file
+                raise DataError(f"{f}: cannot read as Parquet ({type(e).__name__})") from None
             yield from _dataset_rows(ds, str(f))
         elif f.suffix in (".jsonl", ".json"):
             yield from _jsonl_rows(f)
