@@ -15,19 +15,21 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-Algo = Literal["reinforce", "rloo", "reinforce++", "grpo", "dr_grpo"]
+Algo = Literal[
+    "reinforce", "rloo", "reinforce_pp", "grpo", "dr_grpo"
+]  # "reinforce++" = reinforce_pp
 KLMode = Literal["reward", "loss", "none"]
 Scope = Literal["group", "batch", "none"]
 Aggregation = Literal["token_mean", "seq_mean", "seq_sum"]
 
-ALGOS: tuple[str, ...] = ("reinforce", "rloo", "reinforce++", "grpo", "dr_grpo")
+ALGOS: tuple[str, ...] = ("reinforce", "rloo", "reinforce_pp", "grpo", "dr_grpo")
 
 # How each algorithm conventionally averages its per-token loss. GRPO averages tokens within a
 # sequence first; Dr.GRPO removes that length bias with a constant normaliser instead.
 DEFAULT_AGGREGATION: dict[str, str] = {
     "reinforce": "token_mean",
     "rloo": "token_mean",
-    "reinforce++": "token_mean",
+    "reinforce_pp": "token_mean",
     "grpo": "seq_mean",
     "dr_grpo": "seq_sum",
 }
@@ -128,24 +130,31 @@ def whiten(x: jax.Array, mask: jax.Array, eps: float = _EPS) -> jax.Array:
     return _safe_scale(x - mu, std, eps) * m
 
 
+def canonical_algo(algo: str) -> str:
+    """The name in ALGOS ("reinforce++" means reinforce_pp); ValueError for unknown names."""
+    algo = "reinforce_pp" if algo == "reinforce++" else algo
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; use one of {', '.join(ALGOS)}")
+    return algo
+
+
 def sequence_advantages(
     algo: Algo, rewards: jax.Array, group_size: int, reward_norm: Scope = "group"
 ) -> jax.Array:
     """One scalar advantage per sequence [N], before any KL shaping or token whitening.
 
-    reinforce / rloo / reinforce++ first normalise rewards with `reward_norm` (the paper normalises
+    reinforce / rloo / reinforce_pp first normalise rewards with `reward_norm` (the paper normalises
     for every algorithm); grpo and dr_grpo have their own group statistics and ignore it.
     """
+    algo = canonical_algo(algo)
     if algo == "grpo":
         return group_advantages(rewards, group_size, scale=True)
     if algo == "dr_grpo":
         return group_advantages(rewards, group_size, scale=False)
     r = normalize_rewards(rewards, group_size, reward_norm)
-    if algo in ("reinforce", "reinforce++"):
+    if algo in ("reinforce", "reinforce_pp"):
         return r
-    if algo == "rloo":
-        return rloo_advantages(r, group_size)
-    raise ValueError(f"unknown algorithm {algo!r}; use one of {', '.join(ALGOS)}")
+    return rloo_advantages(r, group_size)
 
 
 def compute_advantages(
@@ -164,7 +173,7 @@ def compute_advantages(
     kl_mode="reward" shapes per-token rewards as OpenRLHF does: token t gets -beta * k1_t with
     k1 = logp_old - logp_ref, the sequence advantage is added at the end, and each token's advantage
     is its return-to-go (gamma 1): A_t = a_seq + sum_{s>=t} -beta * k1_s. "loss" and "none" leave
-    the advantage per sequence (the k3 loss term lives in `policy_loss`). reinforce++ then whitens
+    the advantage per sequence (the k3 loss term lives in `policy_loss`). reinforce_pp then whitens
     the token advantages over every valid token of the batch.
     """
     m = mask.astype(jnp.float32)
@@ -176,7 +185,7 @@ def compute_advantages(
         adv = adv + reverse_cumsum(-beta * kl_estimate(logp_old, logp_ref, "k1"), m)
     elif kl_mode not in ("loss", "none"):
         raise ValueError(f"unknown kl_mode {kl_mode!r}; use reward, loss or none")
-    if algo == "reinforce++":
+    if canonical_algo(algo) == "reinforce_pp":
         return whiten(adv, m)
     return adv * m
 

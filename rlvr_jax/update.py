@@ -1,0 +1,392 @@
+"""Policy update: TrainState, the optax chain, completion log-probs and the jitted train step.
+
+The step differentiates only the *trainable* part of the parameters (all of them, or the top k
+blocks on small machines): frozen weights get no gradient and no Adam moments at all, so XLA also
+drops the backward pass below the lowest trained block. That is cheaper than masking a full
+gradient with `optax.set_to_zero`, which still computes it.
+
+Shapes: N rows, T = P + L tokens (prompt left-padded, then the completion), L completion length,
+V vocab, D model dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from rlvr_jax import losses
+from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
+
+Filter = Callable[[tuple, Any], bool]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a policy update changes; a pytree, so it can be donated, sharded and saved.
+
+    step counts applied updates; opt_state covers only the trainable parameters. A non-finite
+    update changes nothing except nonfinite_total (+1) and nonfinite_streak (+1, reset to 0 by
+    the next good update).
+    """
+
+    step: jax.Array  # [] int32
+    params: nnx.State  # the whole policy state (graphdef lives outside)
+    opt_state: optax.OptState
+    rng: jax.Array  # a jax.random key
+    nonfinite_total: jax.Array  # [] int32
+    nonfinite_streak: jax.Array  # [] int32
+
+
+@flax.struct.dataclass
+class Batch:
+    """One rollout batch for the policy update (every array has N rows).
+
+    tokens [N,T] int32 and attn_mask [N,T] bool: prompt (left-padded) + completion. mask [N,L]:
+    completion tokens that count. advantages [N,L] from `losses.compute_advantages`.
+    logp_old [N,L]: log-probs under the policy that sampled (the PPO ratio's denominator).
+    logp_ref [N,L] or None: the reference policy's, needed only for the k3 KL loss term.
+    """
+
+    tokens: jax.Array
+    attn_mask: jax.Array
+    mask: jax.Array
+    advantages: jax.Array
+    logp_old: jax.Array
+    logp_ref: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the train step (hashable).
+
+    micro_batch: rows per micro-batch (N must be a multiple); gradients are summed over them.
+    kl_coef: weight of the k3 KL-to-reference loss term (0 when the KL is in the reward).
+    agg / norm_len: loss aggregation, see `losses.aggregate`. temperature: the sampling
+    temperature, applied to logits so log-probs match the sampler's. logit_chunk: compute the
+    vocabulary projection for this many completion positions at a time, rematerialised in the
+    backward pass (saves [N,L,V] memory at the cost of recomputing the head; None = all at once).
+    """
+
+    micro_batch: int
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    agg: losses.Aggregation = "token_mean"
+    norm_len: int | None = None
+    temperature: float = 1.0
+    logit_chunk: int | None = None
+    with_entropy: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser and trainable subset
+
+
+def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
+    """Linear warmup (cfg.warmup_frac of total_steps) then cosine decay to cfg.min_lr_ratio * lr."""
+    total = max(int(total_steps), 1)
+    warmup = int(round(float(cfg.warmup_frac) * total))
+    lr = float(cfg.lr)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else lr,
+        peak_value=lr,
+        warmup_steps=warmup,
+        decay_steps=max(total, warmup + 1),
+        end_value=lr * float(cfg.min_lr_ratio),
+    )
+
+
+def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clip, then AdamW with the warmup+cosine schedule.
+
+    cfg has lr, warmup_frac, min_lr_ratio, b1, b2, weight_decay, grad_clip (configs/base.py's
+    `optim` section). Weight decay applies to matrices only, not norms or biases.
+    """
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(float(cfg.grad_clip)),
+        optax.adamw(
+            make_schedule(cfg, total_steps),
+            b1=float(cfg.b1),
+            b2=float(cfg.b2),
+            eps=float(getattr(cfg, "eps", 1e-8)),
+            weight_decay=float(cfg.weight_decay),
+            mask=decay_mask,
+        ),
+    )
+
+
+def trainable_filter(num_layers: int, train_layers: int = -1) -> Filter:
+    """An nnx filter selecting the trained parameters.
+
+    train_layers < 0 (or >= num_layers): everything. k: the top k blocks, the final norm and an
+    untied lm_head; the embedding (also the head when tied) and lower blocks stay frozen.
+    """
+    if train_layers < 0 or train_layers >= num_layers:
+        return lambda path, x: True
+    first = num_layers - train_layers
+
+    def keep(path: tuple, x: Any) -> bool:
+        if path and path[0] == "layers":
+            return len(path) > 1 and int(path[1]) >= first
+        return bool(path) and path[0] in ("final_norm", "lm_head")
+
+    return keep
+
+
+def split_trainable(params: nnx.State, trainable: Filter) -> tuple[nnx.State, nnx.State]:
+    """(trainable, frozen) parts of params; `nnx.merge_state(a, b)` puts them back together."""
+    return nnx.split_state(params, trainable, ...)
+
+
+def init_train_state(
+    params: nnx.State, optimizer: optax.GradientTransformation, trainable: Filter, rng: jax.Array
+) -> TrainState:
+    """A fresh TrainState: step 0, optimizer moments for the trainable parameters only."""
+    # Three separate scalars: the state is donated, and one buffer may not be donated twice.
+    zero = lambda: jnp.zeros((), jnp.int32)
+    opt_state = optimizer.init(split_trainable(params, trainable)[0])
+    return TrainState(zero(), params, opt_state, rng, zero(), zero())
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probs of completion tokens
+
+
+def _head_stats(graphdef, params, hidden, targets, temperature, with_entropy):
+    """hidden [N,C,D], targets [N,C] -> (logp [N,C], entropy [N,C] or None).
+
+    log p(target) = logit[target] - logsumexp(logits): no [N,C,V] log-softmax is materialised,
+    and the backward pass needs only the softmax, which XLA fuses into one V-sized buffer.
+    """
+    logits = lm_logits(graphdef, params, hidden)
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse
+    ent = None
+    if with_entropy:
+        sg = jax.lax.stop_gradient(logits)
+        ent = jax.lax.stop_gradient(lse) - jnp.sum(jax.nn.softmax(sg, axis=-1) * sg, axis=-1)
+    return logp, ent
+
+
+def token_logprobs_and_entropy(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,
+    attn_mask: jax.Array,
+    completion_len: int,
+    temperature: float = 1.0,
+    logit_chunk: int | None = None,
+    with_entropy: bool = True,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs [N,L] (and entropies [N,L], no gradient) of the last L tokens of tokens [N,T].
+
+    One forward pass to hidden states; the vocabulary projection runs only at the T-L..T-2
+    positions that predict completion tokens (optionally in chunks of logit_chunk positions).
+    Positions come from `positions_from_mask(attn_mask)`, as in the sampler.
+    """
+    n, t = tokens.shape
+    big_l = completion_len
+    positions = positions_from_mask(attn_mask)
+    hidden, _ = forward(graphdef, params, tokens, positions, attn_mask, return_hidden=True)
+    h = hidden[:, t - big_l - 1 : t - 1]
+    targets = tokens[:, t - big_l :]
+    stats = lambda hh, tt: _head_stats(graphdef, params, hh, tt, temperature, with_entropy)
+    if logit_chunk is None or logit_chunk >= big_l:
+        return stats(h, targets)
+    chunk = jax.checkpoint(stats)
+    parts = [
+        chunk(h[:, s : s + logit_chunk], targets[:, s : s + logit_chunk])
+        for s in range(0, big_l, logit_chunk)
+    ]
+    logp = jnp.concatenate([p[0] for p in parts], axis=1)
+    ent = jnp.concatenate([p[1] for p in parts], axis=1) if with_entropy else None
+    return logp, ent
+
+
+def token_logprobs(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,
+    attn_mask: jax.Array,
+    completion_len: int,
+    temperature: float = 1.0,
+    logit_chunk: int | None = None,
+) -> jax.Array:
+    """Log-probs [N,L] of the completion tokens (the last L of tokens [N,T])."""
+    return token_logprobs_and_entropy(
+        graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk, False
+    )[0]
+
+
+def make_ref_logprobs(
+    graphdef: nnx.GraphDef, temperature: float = 1.0, logit_chunk: int | None = None
+) -> Callable[[nnx.State, jax.Array, jax.Array, int], jax.Array]:
+    """Jitted `(ref_params, tokens [N,T], attn_mask [N,T], L) -> logp_ref [N,L]`, no gradient.
+
+    ref_params is the frozen initial policy (keep a copy of the params before the first update).
+    """
+
+    def ref(params, tokens, attn_mask, completion_len):
+        return jax.lax.stop_gradient(
+            token_logprobs(
+                graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk
+            )
+        )
+
+    return jax.jit(ref, static_argnums=(3,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients over micro-batches and the train step
+
+
+def loss_and_grads(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    batch: Batch,
+    cfg: StepConfig,
+    trainable: Filter,
+) -> tuple[nnx.State, dict[str, jax.Array]]:
+    """Gradient of the policy loss w.r.t. the trainable params, summed over micro-batches.
+
+    Each micro-batch loss is normalised by the *whole* batch's token / row counts, so the sum of
+    micro-batch gradients is exactly the one-batch gradient. Returns (grads, metrics) with
+    metrics loss, pg_loss, clip_frac, approx_kl, kl_ref, entropy (token means) and logp_drift
+    (max |logp_old - logp| over valid tokens).
+    """
+    n, big_l = batch.mask.shape
+    if n % cfg.micro_batch:
+        raise ValueError(f"batch of {n} rows is not a multiple of micro_batch={cfg.micro_batch}")
+    k = n // cfg.micro_batch
+    train_p, frozen_p = split_trainable(params, trainable)
+    num_tokens = jnp.maximum(batch.mask.astype(jnp.float32).sum(), 1.0)
+
+    def micro(tp, mb: Batch):
+        p = nnx.merge_state(tp, frozen_p)
+        logp, ent = token_logprobs_and_entropy(
+            graphdef,
+            p,
+            mb.tokens,
+            mb.attn_mask,
+            big_l,
+            cfg.temperature,
+            cfg.logit_chunk,
+            cfg.with_entropy,
+        )
+        loss, met = losses.policy_loss(
+            logp,
+            mb.logp_old,
+            mb.advantages,
+            mb.mask,
+            cfg.clip_eps,
+            cfg.clip_eps_high,
+            mb.logp_ref,
+            cfg.kl_coef,
+            cfg.agg,
+            num_tokens,
+            float(n),
+            cfg.norm_len,
+        )
+        m = mb.mask.astype(jnp.float32)
+        met = dict(met, loss=loss)
+        met["entropy"] = (ent * m).sum() / num_tokens if ent is not None else jnp.zeros(())
+        drift = jnp.max(jnp.abs(jax.lax.stop_gradient(logp) - mb.logp_old) * m)
+        return loss, (met, drift)
+
+    grad_fn = jax.grad(micro, has_aux=True)
+    if k == 1:
+        grads, (met, drift) = grad_fn(train_p, batch)
+        return grads, dict(met, logp_drift=drift)
+
+    # Micro-batch j takes rows j, j+k, j+2k, ...: when rows are sharded over devices in
+    # contiguous blocks, every micro-batch stays spread over all devices with no data movement.
+    micro_batches = jax.tree.map(
+        lambda x: x.reshape(cfg.micro_batch, k, *x.shape[1:]).swapaxes(0, 1), batch
+    )
+
+    def body(carry, mb):
+        g_acc, met_acc, drift_acc = carry
+        g, (met, drift) = grad_fn(train_p, mb)
+        add = lambda a, b: a + b
+        return (
+            jax.tree.map(add, g_acc, g),
+            jax.tree.map(add, met_acc, met),
+            jnp.maximum(drift_acc, drift),
+        ), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, train_p)
+    met_shape = jax.eval_shape(
+        lambda: grad_fn(train_p, jax.tree.map(lambda x: x[0], micro_batches))[1][0]
+    )
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), met_shape)
+    (grads, met, drift), _ = jax.lax.scan(body, (zeros_g, zeros_m, jnp.zeros(())), micro_batches)
+    return grads, dict(met, logp_drift=drift)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    cfg: StepConfig,
+    trainable: Filter,
+    schedule: optax.Schedule | None = None,
+    state_shardings: Any = None,
+    batch_shardings: Any = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted `train_step(state, batch) -> (new_state, metrics)`; state is donated.
+
+    A step whose loss or gradient norm is not finite leaves params, optimizer state and step
+    unchanged and bumps the nonfinite counters (metrics["nonfinite"] = 1). Metrics: those of
+    `loss_and_grads` plus grad_norm (before clipping), lr, nonfinite, nonfinite_total,
+    nonfinite_streak. state_shardings / batch_shardings (from rlvr_jax.mesh) pin the layouts;
+    None leaves them to jit.
+    """
+
+    def step(state: TrainState, batch: Batch):
+        grads, met = loss_and_grads(graphdef, state.params, batch, cfg, trainable)
+        gnorm = optax.tree.norm(grads)
+        ok = jnp.isfinite(met["loss"]) & jnp.isfinite(gnorm)
+
+        def apply(s: TrainState) -> TrainState:
+            train_p, frozen_p = split_trainable(s.params, trainable)
+            updates, opt_state = optimizer.update(grads, s.opt_state, train_p)
+            params = nnx.merge_state(optax.apply_updates(train_p, updates), frozen_p)
+            return s.replace(
+                step=s.step + 1,
+                params=params,
+                opt_state=opt_state,
+                nonfinite_streak=jnp.zeros_like(s.nonfinite_streak),
+            )
+
+        def skip(s: TrainState) -> TrainState:
+            return s.replace(
+                nonfinite_total=s.nonfinite_total + 1, nonfinite_streak=s.nonfinite_streak + 1
+            )
+
+        # cond, not where: on CPU a select over every parameter and moment costs a full pass.
+        new = jax.lax.cond(ok, apply, skip, state)
+        lr = schedule(state.step) if schedule is not None else jnp.zeros(())
+        met = dict(
+            met,
+            grad_norm=gnorm,
+            lr=jnp.asarray(lr, jnp.float32),
+            nonfinite=(~ok).astype(jnp.int32),
+            nonfinite_total=new.nonfinite_total,
+            nonfinite_streak=new.nonfinite_streak,
+        )
+        return new, met
+
+    kw: dict[str, Any] = {}
+    if state_shardings is not None or batch_shardings is not None:
+        kw["in_shardings"] = (state_shardings, batch_shardings)
+        kw["out_shardings"] = (state_shardings, None)
+    return jax.jit(step, donate_argnums=(0,), **kw)
