@@ -47,12 +47,14 @@ def default_model_dir(quiet: bool = False) -> Path:
     if (target / "config.json").is_file():
         return target
     gguf = default_gguf_path()
+    if not quiet:
+        print("rlvr_jax: first use of the default model: materialising it (once)", file=sys.stderr)
     materialise_gguf(gguf, target, quiet=quiet)
     return target
 
 
-def materialise_gguf(gguf: Path, target: Path, quiet: bool = False) -> None:
-    """Convert `gguf` into the model directory `target` (fp32), with progress on stderr.
+def materialise_gguf(gguf: Path, target: Path, dtype: str = "float32", quiet: bool = False) -> None:
+    """Convert the GGUF file into the model directory `target`, with progress on stderr.
 
     Safe against a concurrent materialisation: whichever rename lands first wins, the other's
     temporary directory is dropped.
@@ -65,18 +67,19 @@ def materialise_gguf(gguf: Path, target: Path, quiet: bool = False) -> None:
     from rlvr_jax.tokenizer import Tokenizer
 
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"rlvr_jax: materialising the default model from {gguf.name} into {target} (once)")
-    cfg = gguf_io.read_gguf_config(gguf).replace(dtype="float32")
-    n_tensors = len(gguf_io.gguf_tensor_names(gguf))
+    say(f"rlvr_jax: converting {gguf.name} into {target}")
+    reader = gguf_io.open_gguf(gguf)
+    cfg = gguf_io.read_gguf_config(gguf, reader).replace(dtype=dtype)
     tensors = tqdm(
-        gguf_io.iter_gguf_tensors(gguf, cfg),
-        total=n_tensors,
+        gguf_io.iter_gguf_tensors(gguf, cfg, reader),
+        total=len(reader.tensors),
         desc="dequantizing",
         unit="tensor",
         disable=quiet,
         file=sys.stderr,
     )
     state = state_from_tensors(cfg, tensors, source=str(gguf))
+    del reader, tensors  # unmap the file before the next steps
     say("rlvr_jax: building the tokenizer from the GGUF")
     tokenizer = Tokenizer.from_gguf(gguf)
     say("rlvr_jax: writing the model directory")
@@ -85,4 +88,4 @@ def materialise_gguf(gguf: Path, target: Path, quiet: bool = False) -> None:
     except FileExistsError:
         if not (target / "config.json").is_file():
             raise
-    say(f"rlvr_jax: default model ready at {target}")
+    say(f"rlvr_jax: model directory ready at {target}")

@@ -63,7 +63,9 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _open(gguf_file: str | Path) -> GGUFReader:
+def open_gguf(gguf_file: str | Path) -> GGUFReader:
+    """A reader over the file (memory-mapped). Parsing the metadata takes seconds for a 50k-token
+    vocabulary, so callers open once and pass the reader on."""
     p = Path(gguf_file)
     if not p.is_file():
         raise CheckpointFormatError(f"{p}: no such GGUF file")
@@ -73,30 +75,57 @@ def _open(gguf_file: str | Path) -> GGUFReader:
         raise CheckpointFormatError(f"{p}: not a readable GGUF file ({e})") from None
 
 
-def read_gguf_config(gguf_file: str | Path) -> ModelConfig:
-    """The ModelConfig of a GGUF file, via transformers' own GGUF metadata mapping."""
-    from transformers import AutoConfig  # heavy import; only needed here
+def _field(reader: GGUFReader, key: str, default=None):
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
 
-    p = Path(gguf_file)
+
+def read_gguf_config(gguf_file: str | Path, reader: GGUFReader | None = None) -> ModelConfig:
+    """The ModelConfig of a GGUF file, from its `{arch}.*` metadata and its tensors.
+
+    The keys are those of llama.cpp's converter (the mapping transformers' GGUF loader uses too);
+    the default model's result is checked against transformers' in tests/test_default_model.py.
+    """
+    reader = reader or open_gguf(gguf_file)
+    arch = _field(reader, "general.architecture")
+    if arch not in ("llama", "qwen2"):
+        raise ConfigError(f"{gguf_file}: unsupported GGUF architecture {arch!r}; need llama, qwen2")
+    shapes = {t.name: tuple(int(x) for x in reversed(t.shape)) for t in reader.tensors}
+    scaling = _field(reader, f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none") or "rope_freqs.weight" in shapes:
+        raise ConfigError(f"{gguf_file}: GGUF rope scaling is not supported; convert from HF")
     try:
-        hf = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
-    except (ValueError, OSError, KeyError) as e:
-        raise ConfigError(f"{p}: cannot read the model config from GGUF metadata ({e})") from None
-    d = hf.to_dict()
-    reader = _open(p)
-    # Trust the tensors over the metadata: a separate output matrix means untied embeddings.
-    d["tie_word_embeddings"] = not any(t.name == "output.weight" for t in reader.tensors)
-    return ModelConfig.from_hf_dict(d, source=str(p))
+        hidden = int(_field(reader, f"{arch}.embedding_length"))
+        heads = int(_field(reader, f"{arch}.attention.head_count"))
+        d = {
+            "model_type": arch,
+            "vocab_size": shapes["token_embd.weight"][0],
+            "hidden_size": hidden,
+            "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
+            "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
+            "head_dim": int(_field(reader, f"{arch}.attention.key_length", hidden // heads)),
+            "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+            "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+            "max_position_embeddings": int(_field(reader, f"{arch}.context_length")),
+            # Trust the tensors over the metadata for the two structural switches.
+            "tie_word_embeddings": "output.weight" not in shapes,
+            "attention_bias": "blk.0.attn_q.bias" in shapes,
+            "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+            "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+            "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+        }
+    except (TypeError, KeyError) as e:
+        raise ConfigError(f"{gguf_file}: GGUF metadata lacks a model field ({e})") from None
+    return ModelConfig.from_hf_dict(d, source=str(gguf_file))
 
 
-def gguf_tensor_names(gguf_file: str | Path) -> list[str]:
-    """The GGUF names of the file's tensors, in file order."""
-    return [t.name for t in _open(gguf_file).tensors]
-
-
-def iter_gguf_tensors(gguf_file: str | Path, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+def iter_gguf_tensors(
+    gguf_file: str | Path, cfg: ModelConfig, reader: GGUFReader | None = None
+) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, fp32 array in HF layout) for every model tensor, dequantized one at a time."""
-    reader = _open(gguf_file)
+    reader = reader or open_gguf(gguf_file)
     for t in reader.tensors:
         name = gguf_to_hf_name(t.name)
         if name is None:
@@ -116,5 +145,7 @@ def iter_gguf_tensors(gguf_file: str | Path, cfg: ModelConfig) -> Iterator[tuple
 
 def load_gguf(gguf_file: str | Path, dtype: str = "float32") -> tuple[ModelConfig, nnx.State]:
     """Read a GGUF file into (cfg, state) with params of `dtype` ("float32" | "bfloat16")."""
-    cfg = read_gguf_config(gguf_file).replace(dtype=dtype)
-    return cfg, state_from_tensors(cfg, iter_gguf_tensors(gguf_file, cfg), source=str(gguf_file))
+    reader = open_gguf(gguf_file)
+    cfg = read_gguf_config(gguf_file, reader).replace(dtype=dtype)
+    tensors = iter_gguf_tensors(gguf_file, cfg, reader)
+    return cfg, state_from_tensors(cfg, tensors, source=str(gguf_file))

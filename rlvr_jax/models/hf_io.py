@@ -8,6 +8,7 @@ one tensor; writing fills size-capped shards one at a time.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -131,19 +132,16 @@ def state_from_tensors(
         hit = hf_to_path(name)
         if hit is None or hit[0] not in flat:
             raise CheckpointFormatError(f"{source}: unexpected tensor {name!r} for this config")
-        path, (to_ours, _) = hit
-        want = flat[path].shape
-        try:
-            value = to_ours(arr, cfg)
-        except ValueError:
-            value = None
-        if value is None or value.shape != want:
+        path, (to_ours, to_hf) = hit
+        want = jax.eval_shape(functools.partial(to_hf, c=cfg), flat[path].get_value()).shape
+        if tuple(arr.shape) != tuple(want):
             raise CheckpointFormatError(
-                f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, "
-                f"expected one that maps to {tuple(want)}"
+                f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, expected {tuple(want)}"
             )
-        filled[path] = jnp.asarray(value, dtype=dtype)
-        del arr, value
+        if path in filled:
+            raise CheckpointFormatError(f"{source}: tensor {name!r} appears twice")
+        filled[path] = jnp.asarray(to_ours(arr, cfg), dtype=dtype)
+        del arr
     missing = [p for p in flat if p not in filled]
     if missing:
         raise CheckpointFormatError(
