@@ -1,0 +1,216 @@
+"""The judge: prompt, P(YES) parity with transformers, batch independence, budget cuts, rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_tiny_hf_model
+
+from rlvr_jax import reward as W
+from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.hf_io import state_from_tensors
+from rlvr_jax.models.transformer import abstract_model
+
+# The byte-level tiny tokenizer has no multi-letter tokens: single letters stand in for YES / NO.
+TINY = W.JudgeConfig(
+    template="short",
+    yes_spellings=("Y", " Y", "y"),
+    no_spellings=("N", " N", "n"),
+    max_prompt_len=256,
+    buckets=(64, 128, 256),
+)
+
+
+def jax_from_torch(model):
+    cfg = ModelConfig.from_hf_dict(model.config.to_dict()).replace(dtype="float32")
+    tensors = ((k, v.detach().float().numpy()) for k, v in model.state_dict().items())
+    return abstract_model(cfg)[0], state_from_tensors(cfg, tensors, source="torch")
+
+
+@pytest.fixture(scope="module", params=["qwen2_bias_untied_1kv", "llama_tied_gqa"])
+def tiny(request, tiny_tokenizer):
+    hf = make_tiny_hf_model(request.param, seed=3)
+    graphdef, state = jax_from_torch(hf)
+    return hf, W.Judge(graphdef, state, tiny_tokenizer, TINY)
+
+
+ROWS = [
+    ("What is 2+2?", "Let me think.\n\nThe answer is 4.\n\n", "4"),
+    ("Name the capital of France, please, in one word.", "Paris", "Paris"),
+    ("Q?", "first line\nsecond line\n  \n", "second line"),
+]
+
+
+def test_paper_prompt_lines():
+    lines = W.PAPER_PROMPT.split("\n")
+    assert lines[0].startswith("Given a problem, determine whether the final answer")
+    assert lines[-1] == "" and lines[-2] == "**Output:**  "  # ends with a newline
+    for line in lines[:-1]:
+        if line and line != "---":
+            assert line.endswith("  ") and not line.endswith("   "), repr(line)
+        else:
+            assert line in ("", "---")
+    assert W.PAPER_PROMPT.count("{question}  \n") == 1
+    assert "{response}  \n\n**Reference Answer:**  \n{reference}  \n" in W.PAPER_PROMPT
+    assert len(lines) == 25  # 24 lines, each ending in a newline
+
+
+def test_last_nonempty_line():
+    assert W.last_nonempty_line("a\nb  \n\n   \n") == "b"
+    assert W.last_nonempty_line("  only  ") == "only"
+    assert W.last_nonempty_line("\n \n") == "" and W.last_nonempty_line("") == ""
+
+
+def test_prompt_holds_last_line_inside_chat_template(tiny_tokenizer):
+    p = W.build_judge_prompt(tiny_tokenizer, *ROWS[0], W.JudgeConfig())
+    text = tiny_tokenizer.decode(p.ids, skip_special_tokens=False)
+    user = W.PAPER_PROMPT.format(question=ROWS[0][0], response="The answer is 4.", reference="4")
+    assert text == (
+        f"<|im_start|>system\n{W.SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert "Let me think" not in text
+    short = W.build_judge_prompt(
+        tiny_tokenizer, *ROWS[0], W.JudgeConfig(template="short", system=None, chat_template=False)
+    )
+    assert tiny_tokenizer.decode(short.ids) == W.SHORT_PROMPT.format(
+        question=ROWS[0][0], response="The answer is 4.", reference="4"
+    )
+
+
+def hf_p_yes(hf, ids: list[int], yes_ids, no_ids) -> tuple[float, float]:
+    import torch
+
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, -1].double()
+    probs = torch.softmax(logits, -1).numpy()
+    return float(probs[yes_ids].sum()), float(probs[no_ids].sum())
+
+
+def test_p_yes_matches_transformers_and_ignores_neighbours(tiny):
+    hf, judge = tiny
+    rows = ROWS * 3
+    prompts = judge.prompts(*zip(*rows, strict=True))
+    batch = judge.score_prompts(prompts)
+    yes, no = np.asarray(judge.yes_ids), np.asarray(judge.no_ids)
+    for i in range(len(ROWS)):
+        ref_yes, ref_no = hf_p_yes(hf, prompts[i].ids, yes, no)
+        assert abs(batch.p_yes[i] - ref_yes) <= 1e-4 and abs(batch.p_no[i] - ref_no) <= 1e-4
+    # The same row alone (other padding, other bucket, other neighbours) scores the same.
+    for i in range(len(ROWS)):
+        alone = judge.score_prompts([prompts[i]])
+        np.testing.assert_allclose(alone.p_yes, batch.p_yes[i : i + 1], atol=1e-6)
+        np.testing.assert_allclose(alone.soft, batch.soft[i : i + 1], atol=1e-6)
+    # Repeated rows in one batch agree with each other.
+    np.testing.assert_allclose(batch.p_yes[:3], batch.p_yes[3:6], atol=1e-6)
+
+
+def test_soft_binary_normalized_formulas(tiny):
+    _, judge = tiny
+    prompts = judge.prompts(*zip(*ROWS, strict=True))
+    greedy = int(judge.score_prompts(prompts[:1]).greedy[0])
+    others = [t for t in range(3, 40) if t != greedy]
+
+    def rigged(yes: list[int], no: list[int]) -> W.Rewards:
+        j = W.Judge(judge.graphdef, judge.state, judge.tok, TINY)
+        j.yes_ids, j.no_ids = jnp.asarray(yes, jnp.int32), jnp.asarray(no, jnp.int32)
+        return j.score_prompts(prompts[:1])
+
+    yes = rigged([greedy, others[0]], others[1:3])  # the greedy token is a YES spelling
+    no = rigged(others[1:3], [greedy, others[0]])  # ... a NO spelling
+    neither = rigged(others[:2], others[2:4])
+    assert (yes.verdict[0], no.verdict[0], neither.verdict[0]) == (1, 0, -1)
+    assert (yes.binary[0], no.binary[0], neither.binary[0]) == (1.0, 0.0, 0.0)
+    assert yes.soft[0] == pytest.approx(yes.p_yes[0], abs=1e-7)
+    assert no.soft[0] == pytest.approx(1.0 - no.p_no[0], abs=1e-7)
+    assert neither.soft[0] == 0.0 and 0 < neither.p_yes[0] < 1
+    for r in (yes, no, neither):
+        assert r.soft_normalized[0] == pytest.approx(r.p_yes[0] / (r.p_yes[0] + r.p_no[0]), 1e-5)
+
+
+def test_empty_response_gets_zero_without_failing(tiny):
+    _, judge = tiny
+    r = judge.score(["Q1", "Q2", "Q3"], ["", "answer", " \n\n"], ["a", "answer", "b"])
+    assert r.empty.tolist() == [True, False, True]
+    for field in (r.binary, r.soft, r.soft_normalized):
+        assert field[0] == 0.0 and field[2] == 0.0
+    assert r.p_yes[1] > 0 and np.isfinite(r.p_yes).all()
+
+
+def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer):
+    tok = tiny_tokenizer
+    question = "Q" * 300 + " What is the answer?"
+    response = "reasoning\n" + "R" * 100 + " final answer: 42"
+    reference = "forty-two"
+
+    def build(budget: int) -> tuple[W.JudgePrompt, str]:
+        cfg = W.JudgeConfig(max_prompt_len=budget)
+        p = W.build_judge_prompt(tok, question, response, reference, cfg)
+        return p, tok.decode(p.ids, skip_special_tokens=False)
+
+    full, _ = build(2048)
+    assert not (full.cut_question or full.cut_response or full.cut_hard)
+    budget = len(full.ids) - 150
+    p, text = build(budget)
+    assert len(p.ids) <= budget and p.cut_question and not p.cut_response and not p.cut_hard
+    assert W.CUT_MARK in text and "What is the answer?" in text and text.count("Q") < 300
+    assert "R" * 100 + " final answer: 42" in text and f"{reference}  \n" in text
+    # A budget that even a removed question does not meet: the response line is cut from the left.
+    budget = len(full.ids) - 300 - 60
+    p, text = build(budget)
+    assert len(p.ids) <= budget and p.cut_question and p.cut_response and not p.cut_hard
+    assert "final answer: 42  \n" in text and f"{reference}  \n" in text
+    # Absurdly small: the prompt's tail is kept, no crash, counted.
+    p, _ = build(20)
+    assert len(p.ids) == 20 and p.cut_hard
+
+
+def test_judge_counts_cuts(tiny):
+    _, judge = tiny
+    small = W.Judge(
+        judge.graphdef,
+        judge.state,
+        judge.tok,
+        dataclasses.replace(TINY, max_prompt_len=200),
+    )
+    r = small.score(["x" * 500, "short"], ["a", "b"], ["a", "b"])
+    assert r.cut_question == 1 and r.cut_response == 0 and np.isfinite(r.soft).all()
+
+
+def test_rule_rewards():
+    assert W.rule_binary("The answer is  Paris.", "paris") == 1.0
+    assert W.rule_binary("The answer is London.", "Paris") == 0.0
+    assert W.rule_binary("", "Paris") == 0.0 and W.rule_binary("x", "") == 0.0
+    assert W.rule_jaccard("thinking\nthe answer is paris", "Paris") == pytest.approx(1 / 4)
+    assert W.rule_jaccard("", "") == 0.0
+    assert W.math_equivalent("Therefore, the answer is $\\frac{1}{2}$", "0.5") == 1.0
+    assert W.math_equivalent("Therefore, the answer is 3", "0.5") == 0.0
+    assert W.math_equivalent("", "0.5") == 0.0
+
+
+def test_judge_rejects_vocab_without_yes(tiny_tokenizer):
+    graphdef, state = jax_from_torch(make_tiny_hf_model("llama_tied_gqa"))
+    with pytest.raises(ValueError, match="YES"):
+        W.Judge(graphdef, state, tiny_tokenizer, W.JudgeConfig())  # "YES" is 3 byte tokens here
+
+
+@pytest.mark.slow
+def test_real_default_model_p_yes_matches_transformers(default_model_dir):
+    """One row on the real SmolLM2-135M-Instruct: P(YES) equals transformers' (from the GGUF)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_jax.models.default import default_gguf_path
+    from rlvr_jax.models.model_dir import load_model
+
+    m = load_model(default_model_dir)
+    judge = W.Judge(m.graphdef, m.state, m.tokenizer)
+    prompt = judge.prompts(["What is the capital of France?"], ["It is Paris."], ["Paris"])[0]
+    ours = judge.score_prompts([prompt])
+    gguf = default_gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+    ref_yes, ref_no = hf_p_yes(hf, prompt.ids, np.asarray(judge.yes_ids), np.asarray(judge.no_ids))
+    assert abs(ours.p_yes[0] - ref_yes) <= 1e-4 and abs(ours.p_no[0] - ref_no) <= 1e-4
+    assert ref_yes + ref_no > 1e-3  # the spellings carry real mass: the check is not vacuous

@@ -1,0 +1,210 @@
+"""The sampler: parity with transformers, log-probs, seeds, top-k/top-p, stop handling, meshes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_tiny_hf_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rlvr_jax import rollout as R
+from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.hf_io import state_from_tensors
+from rlvr_jax.models.transformer import abstract_model, forward, positions_from_mask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jax_from_torch(model):
+    """(cfg, graphdef, state) holding the same weights as a transformers model."""
+    cfg = ModelConfig.from_hf_dict(model.config.to_dict()).replace(dtype="float32")
+    tensors = ((k, v.detach().float().numpy()) for k, v in model.state_dict().items())
+    state = state_from_tensors(cfg, tensors, source="torch")
+    return cfg, abstract_model(cfg)[0], state
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return make_tiny_hf_model("llama_tied_gqa", seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    return make_tiny_hf_model("qwen2_bias_untied_1kv", seed=2)
+
+
+def ragged_prompts(seed: int, lengths, vocab: int = 259) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, vocab, size=n).tolist() for n in lengths]
+
+
+@jax.jit(static_argnums=0)
+def _teacher_forced(graphdef, state, ro: R.Rollout):
+    ids = jnp.concatenate([ro.prompt_ids, ro.tokens], axis=1)
+    mask = jnp.concatenate([ro.prompt_mask, ro.mask], axis=1)
+    # Tokens after a row's end are masked out of attention; they do not change earlier positions.
+    logits, _ = forward(graphdef, state, ids, positions_from_mask(mask), mask)
+    logits = logits[:, ro.prompt_ids.shape[1] - 1 : -1]
+    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), ro.tokens[..., None], -1)[..., 0]
+    return logits, jnp.where(ro.mask, lp, 0.0)
+
+
+def teacher_forced_logprobs(graphdef, state, ro: R.Rollout, temperature: float = 1.0):
+    """Full-forward (no cache) logits [N,L,V] / temperature and log-probs [N,L] of the tokens."""
+    logits, lp = _teacher_forced(graphdef, state, ro)
+    return np.asarray(logits) / np.float32(temperature), np.asarray(lp)
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_qwen"])
+def test_greedy_matches_transformers_generate(which, request):
+    import torch
+
+    hf = request.getfixturevalue(which)
+    _, graphdef, state = jax_from_torch(hf)
+    seqs = ragged_prompts(0, [5, 11, 2, 8])
+    ids, mask, _ = R.pad_prompts(seqs, pad_id=0, buckets=(16,))
+    sc = R.SamplingConfig(max_new_tokens=12, temperature=0.0)
+    ro = R.generate(graphdef, state, ids, mask, jax.random.key(0), sc)
+    with torch.no_grad():
+        ref = hf.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[:, ids.shape[1] :].numpy()
+    np.testing.assert_array_equal(np.asarray(ro.tokens), ref)
+    assert np.asarray(ro.mask).all() and not np.asarray(ro.stopped).any()
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_qwen"])
+def test_logprobs_equal_teacher_forced(which, request):
+    _, graphdef, state = jax_from_torch(request.getfixturevalue(which))
+    ids, mask, _ = R.pad_prompts(ragged_prompts(1, [3, 9, 6]), pad_id=0, buckets=(16,))
+    sc = R.SamplingConfig(max_new_tokens=10, temperature=1.3, top_k=50, top_p=0.95)
+    ro = R.generate(graphdef, state, ids, mask, jax.random.key(3), sc, n=2, stop_ids=(7, 9))
+    _, ref = teacher_forced_logprobs(graphdef, state, ro)
+    got = np.asarray(ro.logprobs)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    assert np.all(got[~np.asarray(ro.mask)] == 0.0)
+
+
+def test_same_seed_same_samples_and_g_copies_differ(tiny_llama):
+    _, graphdef, state = jax_from_torch(tiny_llama)
+    ids, mask, _ = R.pad_prompts(ragged_prompts(2, [4, 7]), pad_id=0, buckets=(8,))
+    sc = R.SamplingConfig(max_new_tokens=16, temperature=1.0)
+    a = R.generate(graphdef, state, ids, mask, jax.random.key(5), sc, n=3)
+    b = R.generate(graphdef, state, ids, mask, jax.random.key(5), sc, n=3)
+    c = R.generate(graphdef, state, ids, mask, jax.random.key(6), sc, n=3)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_array_equal(np.asarray(a.logprobs), np.asarray(b.logprobs))
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+    toks = np.asarray(a.tokens).reshape(2, 3, -1)
+    assert not np.array_equal(toks[:, 0], toks[:, 1])  # the G samples of a prompt are not copies
+    # The prompts are repeated G times, adjacent.
+    np.testing.assert_array_equal(np.asarray(a.prompt_ids), np.repeat(ids, 3, axis=0))
+
+
+def test_nothing_after_stop_token(tiny_llama):
+    _, graphdef, state = jax_from_torch(tiny_llama)
+    ids, mask, _ = R.pad_prompts(ragged_prompts(3, [5, 3, 8, 6]), pad_id=0, buckets=(8,))
+    stops = tuple(range(3, 130))  # about half the vocabulary: rows stop at different steps
+    sc = R.SamplingConfig(max_new_tokens=12, temperature=1.0)
+    ro = R.generate(graphdef, state, ids, mask, jax.random.key(0), sc, n=4, stop_ids=stops, pad_id=0)
+    toks, m = np.asarray(ro.tokens), np.asarray(ro.mask)
+    lengths, stopped = np.asarray(ro.lengths), np.asarray(ro.stopped)
+    assert len(set(lengths.tolist())) > 1
+    for r in range(toks.shape[0]):
+        n = lengths[r]
+        assert m[r, :n].all() and not m[r, n:].any()  # one contiguous prefix
+        hits = np.flatnonzero(np.isin(toks[r, :n], stops))
+        if stopped[r]:  # ends at its first stop token, which is in the mask
+            assert hits.tolist() == [n - 1]
+        else:
+            assert n == 12 and hits.size == 0
+        assert (toks[r, n:] == 0).all()
+        assert (np.asarray(ro.logprobs)[r, n:] == 0).all()
+
+
+def kept_set(scaled: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Reference top-k then top-p keep mask over temperature-scaled logits [..., V]."""
+    v = scaled.shape[-1]
+    order = np.argsort(-scaled, axis=-1, kind="stable")
+    srt = np.take_along_axis(scaled, order, -1)
+    keep_sorted = np.ones_like(srt, bool)
+    if 0 < top_k < v:
+        keep_sorted[..., top_k:] = False
+    if top_p < 1.0:
+        masked = np.where(keep_sorted, srt, -np.inf)
+        probs = np.exp(masked - masked.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        keep_sorted &= (np.cumsum(probs, -1) - probs) < top_p
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, -1)
+    return keep
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    top_k=st.sampled_from([0, 1, 2, 5, 20]),
+    top_p=st.sampled_from([1.0, 0.9, 0.5, 0.1]),
+    temperature=st.sampled_from([0.5, 1.0, 2.0]),
+    spread=st.floats(0.1, 8.0),
+)
+def test_sample_tokens_stays_in_kept_set(seed, top_k, top_p, temperature, spread):
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((16, 64)) * spread).astype(np.float32)
+    sc = R.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    tok = R.sample_tokens(jnp.asarray(logits), jax.random.key(seed), sc)  # eager: no compiles
+    keep = kept_set(logits / np.float32(temperature), top_k, top_p)
+    assert keep[np.arange(16), np.asarray(tok)].all()
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 1000),
+    top_k=st.sampled_from([0, 3]),
+    top_p=st.sampled_from([1.0, 0.6]),
+)
+def test_rollout_never_emits_outside_kept_set(seed, top_k, top_p):
+    """On a tiny random model: every sampled token is in the top-k/top-p set of the distribution
+    recomputed by a teacher-forced forward (the sampler's own logits are not trusted)."""
+    if (top_k, top_p) == (0, 1.0):
+        top_k = 2
+    cfg = ModelConfig("llama", 96, 32, 64, 2, 4, 2, 8, rope_theta=1e4)
+    from rlvr_jax.models.transformer import init_model
+
+    graphdef, state = init_model(cfg, seed=0)
+    # Sharpen the random model so that top-p sets are small.
+    state["embed"].set_value(state["embed"][...] * 40.0)
+    ids, mask, _ = R.pad_prompts(ragged_prompts(seed, [3, 6], vocab=96), pad_id=0, buckets=(8,))
+    sc = R.SamplingConfig(max_new_tokens=6, temperature=0.8, top_k=top_k, top_p=top_p)
+    ro = R.generate(graphdef, state, ids, mask, jax.random.key(seed), sc, n=4)
+    scaled, _ = teacher_forced_logprobs(graphdef, state, ro, temperature=0.8)
+    keep = kept_set(scaled, top_k, top_p)
+    toks = np.asarray(ro.tokens)
+    assert np.take_along_axis(keep, toks[..., None], -1)[..., 0].all()
+
+
+def test_pad_prompts_buckets_cut_and_batch():
+    ids, mask, cut = R.pad_prompts([[5, 6, 7], [8] * 40], pad_id=0, buckets=(4, 32))
+    assert ids.shape == (2, 32) and cut == 1
+    assert ids[1].tolist() == [8] * 32 and mask[1].all()  # the LAST 32 tokens are kept
+    assert ids[0, -3:].tolist() == [5, 6, 7] and mask[0].sum() == 3 and not mask[0, :-3].any()
+    ids, mask, cut = R.pad_prompts([[1, 2]], pad_id=9, buckets=(4,), batch=3)
+    assert ids.shape == (3, 4) and cut == 0 and (ids[:, :2] == 9).all()
+    with pytest.raises(ValueError, match="no tokens"):
+        R.pad_prompts([[]], pad_id=0)
+
+
+def test_sampling_config_rejects_bad_values():
+    for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(max_new_tokens=0)):
+        with pytest.raises(ValueError):
+            R.SamplingConfig(**bad)
