@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlvr_jax.mesh import constrain_rows
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.kv_cache import KVCache
 
@@ -25,11 +26,11 @@ _INIT_STD = 0.02
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
     value = jax.random.normal(rngs.params(), shape, jnp.float32) * _INIT_STD
-    return nnx.Param(value.astype(dtype), sharding_names=names)
+    return nnx.Param(value.astype(dtype), out_sharding=names)
 
 
 def _zeros(shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
-    return nnx.Param(jnp.zeros(shape, dtype), sharding_names=names)
+    return nnx.Param(jnp.zeros(shape, dtype), out_sharding=names)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -62,7 +63,7 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, dtype):
-        self.scale = nnx.Param(jnp.ones((dim,), dtype), sharding_names=("norm",))
+        self.scale = nnx.Param(jnp.ones((dim,), dtype), out_sharding=("norm",))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -180,7 +181,8 @@ class Transformer(nnx.Module):
         if attn_mask is None:
             attn_mask = jnp.ones((n, t), bool)
         attn_mask = attn_mask.astype(bool)
-        x = jnp.take(self.embed[...], tokens, axis=0)
+        # Under a mesh context the residual stream keeps its rows split over the batch axes.
+        x = constrain_rows(jnp.take(self.embed[...], tokens, axis=0))
         if cache is None:
             causal = jnp.tril(jnp.ones((t, t), bool))
             mask = causal[None] & attn_mask[:, None, :]
@@ -194,6 +196,7 @@ class Transformer(nnx.Module):
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i], cache.index)
             x, (k, v) = layer(x, positions, mask, kv)
+            x = constrain_rows(x)
             ks.append(k)
             vs.append(v)
         x = self.final_norm(x)

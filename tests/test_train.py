@@ -1,0 +1,119 @@
+"""The RL loop end to end on the tiny synthetic task: learning, resume, drift, NaN guard, bad data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from rlvr_jax import data, train
+from rlvr_jax.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(algo: str = "rloo", **over):
+    c = tiny.get_config(algo)
+    c.train.tensorboard = False
+    for k, v in over.items():
+        sec, name = k.split("__")
+        c[sec][name] = v
+    return c
+
+
+def _strip_times(recs):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in recs]
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "rloo", "reinforce++", "grpo"])
+def test_tiny_task_is_learned(algo, tmp_path):
+    recs = train.train(_cfg(algo), tmp_path)
+    rewards = [r["reward/raw_mean"] for r in recs]
+    assert np.mean(rewards[:3]) < 0.5, rewards[:3]  # near chance at the start
+    assert np.mean(rewards[-5:]) >= 0.8, rewards[-10:]
+    # Sampler and trainer compute the same log-probs (fp32) on every step.
+    assert max(r["train/logp_drift"] for r in recs) <= 1e-4
+    assert (tmp_path / "curves.png").is_file()
+
+
+def _run_cli(workdir: Path, steps: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "rlvr_jax.train", "--config", "configs/tiny.py",
+           f"--config.train.steps={steps}", "--config.train.ckpt_every=2",
+           "--config.train.tensorboard=False", f"--workdir={workdir}"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_kill9_resume_equals_uninterrupted(tmp_path):
+    steps = 8
+    ref = _run_cli(tmp_path / "ref", steps)
+    assert ref.wait(timeout=600) == 0, ref.stderr.read().decode()[-2000:]
+    killed = _run_cli(tmp_path / "run", steps)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill -9 once step 5 is written (last checkpoint: step 4)
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    again = _run_cli(tmp_path / "run", steps)
+    err = again.communicate(timeout=600)[1].decode()
+    assert again.returncode == 0, err[-2000:]
+    assert "resumed" in err
+    a = _strip_times(read_metrics(tmp_path / "ref" / "metrics.jsonl"))
+    b = _strip_times(read_metrics(metrics))
+    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    assert a == b  # exactly equal on CPU, every metric of every step
+
+
+def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
+    cfg = _cfg(train__max_nonfinite=3, train__steps=10)
+    real = train.losses.compute_advantages
+    calls: list[int] = []
+
+    def nan_after_two(*args, **kwargs):
+        calls.append(1)
+        adv = real(*args, **kwargs)
+        return adv * np.nan if len(calls) > 2 else adv  # steps 3.. get a NaN loss
+
+    monkeypatch.setattr(train.losses, "compute_advantages", nan_after_two)
+    with pytest.raises(train.RunStopped, match="3 non-finite updates in a row at step 5"):
+        train.train(cfg, tmp_path)
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["train/nonfinite"] for r in recs] == [0, 0, 1, 1, 1]
+    assert recs[-1]["train/nonfinite_total"] == 3
+    assert train.latest_checkpoint(tmp_path) == 5  # the run stopped with a checkpoint
+
+
+def _bad_data_cfg(tmp_path, bad_rows):
+    good = {"query": [{"role": "user", "content": "say one"}], "label": "one", "subject": "echo"}
+    lines = [json.dumps(good)] * 20
+    lines[6] = json.dumps({**good, "label": ""})
+    lines[11] = json.dumps({**good, "query": 5})
+    f = tmp_path / "train.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    return _cfg(data__synthetic="", data__train=(str(f),), data__test=(str(f),),
+                data__bad_rows=bad_rows, train__steps=1), f
+
+
+def test_bad_rows_stop_before_training(tmp_path):
+    cfg, f = _bad_data_cfg(tmp_path, "error")
+    with pytest.raises(data.DataError, match=rf"{f.name}:line 7: label.*and 1 more"):
+        train.train(cfg, tmp_path / "w")
+    assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_bad_rows_skipped_with_count(tmp_path, capsys):
+    cfg, _ = _bad_data_cfg(tmp_path, "skip")
+    recs = train.train(cfg, tmp_path / "w")
+    assert len(recs) == 1
+    assert "2 bad rows skipped" in capsys.readouterr().err
