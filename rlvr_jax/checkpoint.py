@@ -64,12 +64,41 @@ def restore_pytree(path: str | Path, abstract_tree: PyTree) -> PyTree:
     target = jax.tree.map(_with_sharding, abstract_tree)
     try:
         with ocp.StandardCheckpointer() as ckptr:
+            # Compare first: on a mismatch orbax fails only after starting every read, and the
+            # abandoned reads then print pages of tracebacks.
+            _check_matches(path, ckptr.metadata(path).item_metadata, target)
             return ckptr.restore(path, target)
     except (ValueError, KeyError, FileNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: checkpoint does not match the expected tree: {first}"
         ) from e
+
+
+def _key(p: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(p, attr):
+            return str(getattr(p, attr))
+    return str(p)
+
+
+def _leaf_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    """'a/b/0/c' -> shape for every leaf (orbax stores dict keys as strings, so compare as such)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key(k) for k in path): tuple(getattr(x, "shape", ())) for path, x in flat}
+
+
+def _check_matches(path: Path, stored: PyTree, target: PyTree) -> None:
+    have, want = _leaf_shapes(stored), _leaf_shapes(target)
+    missing = [k for k in want if k not in have]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing[0]!r} ({len(missing)} missing)")
+    extra = [k for k in have if k not in want]
+    if extra:
+        raise CheckpointError(f"{path}: checkpoint has unexpected {extra[0]!r} ({len(extra)} more)")
+    for k, shape in want.items():
+        if have[k] != shape:
+            raise CheckpointError(f"{path}: {k!r} is stored as {have[k]}, expected {shape}")
 
 
 def pytree_metadata(path: str | Path) -> PyTree:

@@ -67,9 +67,9 @@ def materialise_gguf(gguf: Path, target: Path, dtype: str = "float32", quiet: bo
     from rlvr_jax.tokenizer import Tokenizer
 
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"rlvr_jax: converting {gguf.name} into {target}")
     reader = gguf_io.open_gguf(gguf)
     cfg = gguf_io.read_gguf_config(gguf, reader).replace(dtype=dtype)
+    say(f"rlvr_jax: converting {gguf.name} into {target}")
     tensors = tqdm(
         gguf_io.iter_gguf_tensors(gguf, cfg, reader),
         total=len(reader.tensors),

@@ -190,15 +190,51 @@ def _safetensors_files(hf_dir: Path) -> list[Path]:
     return files
 
 
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
 def iter_safetensors(files: Iterable[Path]) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, numpy array) for every tensor of the files, one at a time (bf16 via ml_dtypes)."""
+    """(name, numpy array) for every tensor of the files, one at a time, in file order.
+
+    The safetensors library validates each file (header, offsets, coverage); the data is then read
+    with positional reads into fresh arrays rather than through a memory map, because mapped pages
+    that were touched count as resident until the file is closed: that would hold a second copy of
+    a single-file checkpoint in memory while its params are being built.
+    """
     for f in files:
         try:
             with safe_open(str(f), framework="numpy") as st:
-                for name in st.keys():
-                    yield name, st.get_tensor(name)
+                names = set(st.keys())
         except SafetensorError as e:
             raise CheckpointFormatError(f"{f}: unreadable safetensors file ({e})") from None
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+            entries = sorted((header[k]["data_offsets"], k) for k in names)
+            for _, name in entries:
+                info = header[name]
+                dtype = _ST_DTYPES.get(info["dtype"])
+                if dtype is None:
+                    raise CheckpointFormatError(
+                        f"{f}: tensor {name!r} has unsupported dtype {info['dtype']}"
+                    )
+                start, end = info["data_offsets"]
+                arr = np.empty(info["shape"], dtype)
+                fh.seek(8 + n + start)
+                if fh.readinto(arr.reshape(-1).view(np.uint8)) != end - start:
+                    raise CheckpointFormatError(f"{f}: tensor {name!r} is truncated")
+                yield name, arr
 
 
 def read_hf_config(hf_dir: str | Path) -> ModelConfig:
