@@ -72,9 +72,12 @@ def test_bf16_round_trip_and_fp32_load(tmp_path):
         np.testing.assert_array_equal(c[k], a[k].astype(np.float32))
 
 
-@pytest.mark.parametrize("shard", ["2GB", "40KB"])
-def test_transformers_loads_export(shard, tiny_hf_dirs, tmp_path):
-    src = tiny_hf_dirs["qwen2_bias_untied_1kv"]
+@pytest.mark.parametrize(
+    "name, shard",
+    [("qwen2_bias_untied_1kv", "2GB"), ("qwen2_bias_untied_1kv", "40KB"), ("llama3_rope", "2GB")],
+)
+def test_transformers_loads_export(name, shard, tiny_hf_dirs, tmp_path):
+    src = tiny_hf_dirs[name]
     assert _cli("hf-to-jax", src, tmp_path / "m") == 0
     out = tmp_path / "hf"
     assert _cli("jax-to-hf", tmp_path / "m", out, "--max-shard-size", shard) == 0
@@ -85,7 +88,7 @@ def test_transformers_loads_export(shard, tiny_hf_dirs, tmp_path):
         assert [s.name for s in shards] == ["model.safetensors"]
     for f in ("config.json", "generation_config.json", "tokenizer.json"):
         assert (out / f).is_file(), f
-    ids = random_tokens(5, (2, 17))
+    ids = random_tokens(5, (2, 40))  # past llama3_rope's original context of 16
     np.testing.assert_array_equal(_hf_logits(out, ids), _hf_logits(src, ids))
 
 
