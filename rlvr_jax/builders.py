@@ -11,11 +11,13 @@ from typing import Any
 
 import jax
 
-from rlvr_jax import data, mesh as mesh_lib, synthetic
+import numpy as np
+
+from rlvr_jax import data, mesh as mesh_lib, reward, synthetic
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import LoadedModel, load_model
 from rlvr_jax.models.transformer import abstract_model
-from rlvr_jax.rollout import PROMPT_BUCKETS, SamplingConfig
+from rlvr_jax.rollout import PROMPT_BUCKETS, SamplingConfig, pad_prompts
 
 
 def build_mesh(cfg: Any, mesh_flag: str | None = None) -> jax.sharding.Mesh:
@@ -112,3 +114,80 @@ def prompt_buckets(max_prompt_len: int) -> tuple[int, ...]:
     """Prompt length buckets up to max_prompt_len (one compile per bucket used)."""
     small = tuple(b for b in PROMPT_BUCKETS if b < max_prompt_len)
     return small + (int(max_prompt_len),)
+
+
+def policy_prompts(
+    cfg: Any, tok: Any, examples: Sequence[data.Example], batch: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The examples' policy prompts, left-padded to a bucket of `cfg.rollout.max_prompt_len`.
+
+    Chat-rendered (system prompt + query) unless `cfg.data.chat_template` is False. `batch` pads
+    the row count with copies of the first row (fixed shapes). Returns (ids [B,P] int32,
+    mask [B,P] bool, number of prompts cut to their last tokens; see `rollout.pad_prompts`).
+    """
+    if cfg.data.chat_template:
+        seqs = [tok.chat_ids(ex.messages) for ex in examples]
+    else:
+        seqs = [tok.encode(ex.question) for ex in examples]
+    buckets = prompt_buckets(int(cfg.rollout.max_prompt_len))
+    return pad_prompts(seqs, tok.pad_id, buckets, batch)
+
+
+RULE_REWARDS = {
+    "rule_binary": reward.rule_binary,
+    "rule_jaccard": reward.rule_jaccard,
+    "math": reward.math_equivalent,
+}
+JUDGE_REWARDS = ("soft", "soft_normalized", "binary")
+
+
+class RewardRunner:
+    """Scores responses with the judge model (when configured) and the rule rewards, in one call.
+
+    `key` names the score that RL optimises (config judge.reward); every other score is logged.
+    """
+
+    def __init__(self, key: str, judge: reward.Judge | None = None, rules: Sequence[str] = ()):
+        if key in JUDGE_REWARDS and judge is None:
+            raise data.DataError(f"config judge.reward={key!r} needs a judge model (judge.model)")
+        if key not in JUDGE_REWARDS and key not in RULE_REWARDS:
+            known = ", ".join((*JUDGE_REWARDS, *RULE_REWARDS))
+            raise data.DataError(f"config judge.reward: unknown reward {key!r} (known: {known})")
+        self.key, self.judge = key, judge
+        self.rules = tuple(dict.fromkeys((*rules, *([key] if key in RULE_REWARDS else []))))
+
+    @classmethod
+    def from_config(cls, cfg: Any, mesh: jax.sharding.Mesh, policy: LoadedModel) -> RewardRunner:
+        judge = None
+        spec = str(cfg.judge.model)
+        if spec:
+            if spec == "policy":  # the initial policy judges (its weights are never trained)
+                jm = policy._replace(state=jax.tree.map(lambda x: x.copy(), policy.state))
+            else:
+                jm = load_sharded(resolve_model_dir(spec), mesh)
+            jcfg = reward.JudgeConfig(
+                template=str(cfg.judge.template),
+                max_prompt_len=int(cfg.judge.max_prompt_len),
+                batch_size=int(cfg.judge.batch_size),
+            )
+            bs = jcfg.batch_size
+            sharding = (mesh_lib.batch_sharding(mesh, (bs,))
+                        if bs % mesh_lib.batch_size_multiple(mesh) == 0 else None)
+            judge = reward.Judge(jm.graphdef, jm.state, jm.tokenizer, jcfg, sharding)
+        return cls(str(cfg.judge.reward), judge, ("rule_binary", "rule_jaccard"))
+
+    def score(self, rows: Sequence[data.Example], responses: Sequence[str]) -> dict[str, np.ndarray]:
+        """N examples (question, reference) and N responses -> {score name: [N] floats}.
+
+        Also "judge_truncated" [N]-summed count of judge prompts cut to fit the budget.
+        """
+        refs = [ex.reference for ex in rows]
+        out = {name: np.array([RULE_REWARDS[name](r, a) for r, a in zip(responses, refs)],
+                              np.float32) for name in self.rules}
+        if self.judge is not None:
+            res = self.judge.score([ex.question for ex in rows], responses, refs)
+            for name in JUDGE_REWARDS:
+                out[name] = np.asarray(getattr(res, name), np.float32)
+            out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
+            out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
+        return out

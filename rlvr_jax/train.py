@@ -22,31 +22,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rlvr_jax import builders, checkpoint, data, losses, mesh as mesh_lib, update
+from rlvr_jax.builders import RewardRunner
 from rlvr_jax.metrics import MetricsWriter, plot_curves
-from rlvr_jax.rollout import generate, pad_prompts
+from rlvr_jax.rollout import generate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (a Python file).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh DATA,FSDP,TENSOR (overrides config mesh.shape).")
-
-
-class RewardRunner:
-    """Scores responses: the judge model (when configured) and the rule rewards, in one call.
-
-    `key` names the score that RL optimises (config judge.reward).
-    """
-
-    def __init__(self, key: str, judge: Any = None):
-        self.key, self.judge = key, judge
-
-    @classmethod
-    def from_config(cls, cfg: Any, mesh: jax.sharding.Mesh, policy: Any) -> "RewardRunner":
-        return cls(str(cfg.judge.reward))
-
-    def score(self, rows: list, responses: list[str]) -> dict[str, np.ndarray]:
-        """rows: N examples (question, reference), responses: N texts -> name -> [N] scores."""
-        rb = np.array([float(ex.reference.lower() in r.lower()) for ex, r in zip(rows, responses)])
-        return {"rule_binary": rb}
 
 
 class RunStopped(RuntimeError):
@@ -166,13 +148,7 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
 
 
 def _prompts(run: Run, examples: list) -> tuple[np.ndarray, np.ndarray]:
-    tok = run.policy.tokenizer
-    if run.cfg.data.chat_template:
-        seqs = [tok.chat_ids(ex.messages) for ex in examples]
-    else:
-        seqs = [tok.encode(ex.question) for ex in examples]
-    buckets = builders.prompt_buckets(int(run.cfg.rollout.max_prompt_len))
-    ids, mask, _ = pad_prompts(seqs, tok.pad_id, buckets)
+    ids, mask, _ = builders.policy_prompts(run.cfg, run.policy.tokenizer, examples)
     return ids, mask
 
 
@@ -226,7 +202,8 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
 
     mf = np.asarray(ro.mask, np.float32)
     n_tok = float(mf.sum())
-    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items()}
+    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
+    out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
     out.update({f"reward/{k}": float(v) for k, v in
                 jax.device_get(losses.reward_stats(rewards, g)).items()})
     out["reward/raw_mean"] = float(rewards.mean())

@@ -6,6 +6,16 @@ scale so logits are O(10): a parity tolerance means something only against sizea
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Compiled XLA programs are cached on disk for the whole test session (and the subprocesses it
+# starts): many tests compile the same tiny-model programs, and compiling dominates their time.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "rlvr_jax_test_jit_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import math
 from pathlib import Path
 
