@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -116,7 +120,9 @@ def test_nothing_after_stop_token(tiny_llama):
     ids, mask, _ = R.pad_prompts(ragged_prompts(3, [5, 3, 8, 6]), pad_id=0, buckets=(8,))
     stops = tuple(range(3, 130))  # about half the vocabulary: rows stop at different steps
     sc = R.SamplingConfig(max_new_tokens=12, temperature=1.0)
-    ro = R.generate(graphdef, state, ids, mask, jax.random.key(0), sc, n=4, stop_ids=stops, pad_id=0)
+    ro = R.generate(
+        graphdef, state, ids, mask, jax.random.key(0), sc, n=4, stop_ids=stops, pad_id=0
+    )
     toks, m = np.asarray(ro.tokens), np.asarray(ro.mask)
     lengths, stopped = np.asarray(ro.lengths), np.asarray(ro.stopped)
     assert len(set(lengths.tolist())) > 1
@@ -208,3 +214,121 @@ def test_sampling_config_rejects_bad_values():
     for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(max_new_tokens=0)):
         with pytest.raises(ValueError):
             R.SamplingConfig(**bad)
+
+
+MESH_SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+sys.path.insert(0, sys.argv[1])
+from conftest import make_tiny_hf_model, make_tiny_hf_tokenizer
+from test_rollout import jax_from_torch, ragged_prompts
+from rlvr_jax import reward as W, rollout as R
+from rlvr_jax.mesh import SAMPLE_RULES, make_mesh, shard_params
+from rlvr_jax.tokenizer import Tokenizer
+
+assert jax.device_count() == 8
+_, graphdef, state = jax_from_torch(make_tiny_hf_model("llama_tied_gqa", seed=1))
+ids, mask, _ = R.pad_prompts(ragged_prompts(4, [3, 9, 6, 12]), pad_id=0, buckets=(16,))
+sc = R.SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9)
+tok = Tokenizer(make_tiny_hf_tokenizer())
+jcfg = W.JudgeConfig(template="short", yes_spellings=("Y",), no_spellings=("N",),
+                     max_prompt_len=128, buckets=(64, 128), batch_size=8)
+rows = [(f"question {i}?", f"so\nanswer {i}", "answer 3") for i in range(6)] + [("q", "", "a")]
+
+def run(st, bs):
+    stops = tuple(range(3, 60))
+    ro = R.generate(graphdef, st, ids, mask, jax.random.key(7), sc, 2, stop_ids=stops,
+                    batch_sharding=bs)
+    res = W.Judge(graphdef, st, tok, jcfg, batch_sharding=bs).score(*zip(*rows))
+    return ro, res
+
+ro1, res1 = run(state, None)
+mesh = make_mesh((2, 2, 2))
+with jax.set_mesh(mesh):
+    st = shard_params(state, mesh, SAMPLE_RULES)
+    ro2, res2 = run(st, NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+out = {
+    "tokens_equal": bool((np.asarray(ro1.tokens) == np.asarray(ro2.tokens)).all()),
+    "mask_equal": bool((np.asarray(ro1.mask) == np.asarray(ro2.mask)).all()),
+    "logprob_diff": float(np.abs(np.asarray(ro1.logprobs) - np.asarray(ro2.logprobs)).max()),
+    "p_yes_diff": float(np.abs(res1.p_yes - res2.p_yes).max()),
+    "soft_diff": float(np.abs(res1.soft - res2.soft).max()),
+    "verdict_equal": bool((res1.verdict == res2.verdict).all()),
+    "weights_split": str(st["layers"][0]["attn"]["q"][...].sharding.spec),
+    "tokens_split": str(ro2.tokens.sharding.spec),
+    "mask_any_stop": bool(np.asarray(ro1.stopped).any()),
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_sampling_and_scoring_on_2x2x2_mesh_equal_single_device(tmp_path):
+    """8 emulated CPU devices (the flag must be set before jax starts: a subprocess)."""
+    script = tmp_path / "mesh_check.py"
+    script.write_text(MESH_SCRIPT)
+    flags = "--xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(script), str(REPO / "tests")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT ") :])
+    assert out["tokens_equal"] and out["mask_equal"] and out["verdict_equal"], out
+    assert out["logprob_diff"] <= 1e-5 and out["p_yes_diff"] <= 1e-6 and out["soft_diff"] <= 1e-6
+    assert "tensor" in out["weights_split"], out  # the weights really are split
+    assert "data" in out["tokens_split"], out  # and so are the sampled rows
+    assert out["mask_any_stop"], out  # some rows stopped early: the stop path ran on the mesh
+
+
+REAL_PROMPTS = [
+    "Hi!",
+    "What is the capital of France?",
+    "Name three primary colours.",
+    "Explain in one sentence why the sky is blue.",
+    "Write a haiku about autumn leaves falling on a quiet pond.",
+    "What is 17 times 23? Show your working step by step, then give the final answer.",
+    "List the planets of the solar system in order from the sun, with one fact about each.",
+    "You are a chatbot who can solve problems. A train travels 120 km in 1.5 hours. What is its "
+    "average speed in km/h, and how long would it take to travel 200 km at that speed?",
+]
+
+
+@pytest.mark.slow
+def test_real_default_model_greedy_matches_transformers(default_model_dir):
+    """SmolLM2-135M-Instruct: 8 chat prompts of different lengths batched, 64 greedy tokens,
+    token-identical to transformers' greedy `generate` on the same GGUF weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_jax.models.default import default_gguf_path
+    from rlvr_jax.models.model_dir import load_model
+
+    m = load_model(default_model_dir)
+    tok = m.tokenizer
+    seqs = [R.encode_prompt(tok, p) for p in REAL_PROMPTS]
+    assert len(set(map(len, seqs))) == 8
+    ids, mask, _ = R.pad_prompts(seqs, tok.pad_id)
+    sc = R.SamplingConfig(max_new_tokens=64, temperature=0.0)
+    ro = R.generate(m.graphdef, m.state, ids, mask, jax.random.key(0), sc, stop_ids=tok.stop_ids,
+                    pad_id=tok.pad_id)  # fmt: skip
+    gguf = default_gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+    with torch.no_grad():
+        ref = hf.generate(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            max_new_tokens=64,
+            do_sample=False,
+            eos_token_id=list(tok.stop_ids),
+            pad_token_id=tok.pad_id,
+        )[:, ids.shape[1] :].numpy()
+    toks, m_ = np.asarray(ro.tokens), np.asarray(ro.mask)
+    for r in range(8):
+        n = int(m_[r].sum())
+        assert toks[r, :n].tolist() == ref[r, :n].tolist(), f"row {r}: {REAL_PROMPTS[r]!r}"
+        if n < 64:  # we stopped at a stop token: transformers stopped there too
+            assert toks[r, n - 1] in tok.stop_ids and (ref[r, n:] == tok.pad_id).all()
