@@ -5,12 +5,7 @@ Every field is documented here once; `--config.SECTION.FIELD=VALUE` overrides an
 
 import ml_collections
 
-# The paper's policy system prompt (Su et al. 2025).
-PAPER_SYSTEM_PROMPT = (
-    "You are a chatbot who can solve problems. Please solve the following problem and give your "
-    'thought process. Before giving the final result, you should output "Therefore, the answer is", '
-    "and then give your final answer."
-)
+from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT as PAPER_SYSTEM_PROMPT  # the paper's
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,7 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Reward. judge.reward picks the scalar fed to RL: soft (paper Eq. 4), soft_normalized,
     # binary (the judge's verdict), rule_binary, rule_jaccard, math (math-verify equivalence).
     c.judge = ml_collections.ConfigDict()
-    c.judge.model = "default"  # model directory, "default", "distilled" or "policy" (initial policy)
+    c.judge.model = (
+        "default"  # model directory, "default", "distilled" or "policy" (initial policy)
+    )
     c.judge.reward = "soft"
     c.judge.template = "paper"  # "paper": the released judge's prompt; "short": for small judges
     c.judge.max_prompt_len = 512

@@ -1,6 +1,7 @@
 """RL on the shipped economics questions, with the embedded SmolLM2-135M-Instruct as the policy.
 
-Variants: `configs/econ.py` (a CPU-sized run) and `configs/econ.py:smoke` (a few minutes on 2 cores).
+Variants: `configs/econ.py` (a CPU-sized run) and `configs/econ.py:smoke` (a few minutes
+on 2 cores).
 """
 
 from configs import base

@@ -2,7 +2,8 @@
 
 For accelerator users who converted the checkpoints first:
   python tools/convert_checkpoint.py hf-to-jax Qwen2.5-7B models/qwen2.5-7b --dtype bfloat16
-  python tools/convert_checkpoint.py hf-to-jax Qwen2.5-7B-Instruct-RLVR models/judge-7b --dtype bfloat16
+  python tools/convert_checkpoint.py hf-to-jax Qwen2.5-7B-Instruct-RLVR models/judge-7b \
+      --dtype bfloat16
 and the released Multi-subject-RLVR files saved locally (JSONL/Parquet/save_to_disk).
 """
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-
 import numpy as np
 
-from rlvr_jax import data, mesh as mesh_lib, reward, synthetic
+from rlvr_jax import data, reward, synthetic
+from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import LoadedModel, load_model
 from rlvr_jax.models.transformer import abstract_model
@@ -63,8 +63,12 @@ def resolve_model_dir(spec: str) -> Path:
     return Path(spec)
 
 
-def load_sharded(model_dir: str | Path, mesh: jax.sharding.Mesh, dtype: str | None = None,
-                 rules: mesh_lib.Rules = mesh_lib.TRAIN_RULES) -> LoadedModel:
+def load_sharded(
+    model_dir: str | Path,
+    mesh: jax.sharding.Mesh,
+    dtype: str | None = None,
+    rules: mesh_lib.Rules = mesh_lib.TRAIN_RULES,
+) -> LoadedModel:
     """Load a model directory with params restored straight into their mesh shardings."""
     from rlvr_jax.models.model_dir import load_config
 
@@ -89,8 +93,10 @@ def build_examples(cfg: Any, split: str, limit: int | None = None) -> data.LoadR
             raise data.DataError(f"config data.synthetic: unknown task {cfg.data.synthetic!r}")
         n = 512 if split == "train" else 64
         rows = synthetic.echo_rows(n, int(cfg.seed), split)
-        exs = [data.example_from_row(r, f"echo:{split} row {i + 1}", system)
-               for i, r in enumerate(rows)]
+        exs = [
+            data.example_from_row(r, f"echo:{split} row {i + 1}", system)
+            for i, r in enumerate(rows)
+        ]
         return data.LoadReport(exs[:limit] if limit else exs, [], f"echo:{split}")
     sources: Sequence[str] = cfg.data.train if split == "train" else cfg.data.test
     if not sources:
@@ -171,19 +177,28 @@ class RewardRunner:
                 batch_size=int(cfg.judge.batch_size),
             )
             bs = jcfg.batch_size
-            sharding = (mesh_lib.batch_sharding(mesh, (bs,))
-                        if bs % mesh_lib.batch_size_multiple(mesh) == 0 else None)
+            sharding = (
+                mesh_lib.batch_sharding(mesh, (bs,))
+                if bs % mesh_lib.batch_size_multiple(mesh) == 0
+                else None
+            )
             judge = reward.Judge(jm.graphdef, jm.state, jm.tokenizer, jcfg, sharding)
         return cls(str(cfg.judge.reward), judge, ("rule_binary", "rule_jaccard"))
 
-    def score(self, rows: Sequence[data.Example], responses: Sequence[str]) -> dict[str, np.ndarray]:
+    def score(
+        self, rows: Sequence[data.Example], responses: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         """N examples (question, reference) and N responses -> {score name: [N] floats}.
 
         Also "judge_truncated" [N]-summed count of judge prompts cut to fit the budget.
         """
         refs = [ex.reference for ex in rows]
-        out = {name: np.array([RULE_REWARDS[name](r, a) for r, a in zip(responses, refs)],
-                              np.float32) for name in self.rules}
+        out = {
+            name: np.array(
+                [RULE_REWARDS[name](r, a) for r, a in zip(responses, refs, strict=True)], np.float32
+            )
+            for name in self.rules
+        }
         if self.judge is not None:
             res = self.judge.score([ex.question for ex in rows], responses, refs)
             for name in JUDGE_REWARDS:

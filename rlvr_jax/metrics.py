@@ -51,7 +51,9 @@ class MetricsWriter:
         """Keep only records with record["step"] <= step (rewritten atomically)."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+        ]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in keep))
         os.replace(tmp, self.path)

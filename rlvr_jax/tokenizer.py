@@ -58,13 +58,16 @@ class Tokenizer:
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def chat_ids(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+    def chat_ids(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> list[int]:
         return self.encode(self.render_chat(messages, add_generation_prompt))
 
     def token_ids_of(self, spellings: Sequence[str]) -> list[int]:
         """Ids of those `spellings` that are single tokens of this vocabulary (e.g. "YES", " Yes").
 
-        A spelling counts only if it encodes to exactly one token; unknown-token fallbacks are dropped.
+        A spelling counts only if it encodes to exactly one token; unknown-token fallbacks are
+        dropped.
         """
         ids = set()
         for s in spellings:

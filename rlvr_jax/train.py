@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, losses, mesh as mesh_lib, update
+from rlvr_jax import builders, checkpoint, data, losses, update
+from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.metrics import MetricsWriter, plot_curves
 from rlvr_jax.rollout import generate
@@ -62,7 +64,9 @@ def _ckpt_dir(workdir: Path) -> Path:
 def latest_checkpoint(workdir: Path) -> int | None:
     """The newest complete checkpoint step (orbax renames a finished write into place)."""
     d = _ckpt_dir(workdir)
-    steps = [int(p.name) for p in d.glob("*") if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+    steps = (
+        [int(p.name) for p in d.glob("*") if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
+    )
     return max(steps) if steps else None
 
 
@@ -70,7 +74,10 @@ def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
     """Save the state after RL step `step` (a loop step: with ppo_epochs > 1, or skipped
     non-finite updates, it differs from state.step, which counts applied updates)."""
     leaves = jax.tree.leaves(state)
-    tree = {"state": leaves, "data": {k: np.asarray(v, np.int64) for k, v in run.train_it.state().items()}}
+    tree = {
+        "state": leaves,
+        "data": {k: np.asarray(v, np.int64) for k, v in run.train_it.state().items()},
+    }
     checkpoint.save_pytree(_ckpt_dir(run.workdir) / str(step), tree, overwrite=True)
     keep = int(run.cfg.train.keep_ckpts)
     steps = sorted(int(p.name) for p in _ckpt_dir(run.workdir).glob("*") if p.name.isdigit())
@@ -94,6 +101,14 @@ def restore_checkpoint(run: Run, state: update.TrainState, step: int) -> update.
 # --------------------------------------------------------------------------- building
 
 
+def _on_mesh(x: jax.Array, mesh: jax.sharding.Mesh) -> jax.sharding.Sharding:
+    """x's sharding if it is already laid out on `mesh`, else replicated over it (scalars, keys)."""
+    s = x.sharding
+    if isinstance(s, NamedSharding) and s.mesh == mesh:
+        return s
+    return NamedSharding(mesh, PartitionSpec())
+
+
 def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, update.TrainState]:
     mesh = builders.build_mesh(cfg, mesh_flag)
     policy = builders.build_policy(cfg, mesh)
@@ -112,7 +127,9 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     trainable = update.trainable_filter(policy.cfg.num_layers, int(cfg.optim.train_layers))
     # The reference policy is the initial one: a copy that the donated train state cannot alias.
     ref_params = jax.tree.map(jnp.copy, policy.state)
-    state = update.init_train_state(policy.state, optimizer, trainable, jax.random.PRNGKey(cfg.seed))
+    state = update.init_train_state(
+        policy.state, optimizer, trainable, jax.random.PRNGKey(cfg.seed)
+    )
     n = b * int(cfg.rollout.samples_per_prompt)
     micro = min(int(cfg.optim.micro_batch), n)
     step_cfg = update.StepConfig(
@@ -123,9 +140,14 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     )
     # Pinning the state's layout keeps one compiled step: the donated output state then has
     # exactly the input's shardings, so the second call does not compile again.
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
+    state = jax.device_put(state, state_shardings)
     train_step = update.make_train_step(
-        policy.graphdef, optimizer, step_cfg, trainable, update.make_schedule(cfg.optim, steps),
+        policy.graphdef,
+        optimizer,
+        step_cfg,
+        trainable,
+        update.make_schedule(cfg.optim, steps),
         state_shardings=state_shardings,
     )
     run = Run(
@@ -167,8 +189,17 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
     sc = builders.sampling_config(cfg)
     ro, t_roll = _timed(
-        lambda: generate(run.policy.graphdef, state.params, ids, pmask, key, sc, g,
-                         stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+        lambda: generate(
+            run.policy.graphdef,
+            state.params,
+            ids,
+            pmask,
+            key,
+            sc,
+            g,
+            stop_ids=tok.stop_ids,
+            pad_id=tok.pad_id,
+        )
     )
     rows = [ex for ex in examples for _ in range(g)]
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
@@ -187,11 +218,19 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     else:
         logp_ref, t_ref = None, 0.0
     adv = losses.compute_advantages(
-        str(cfg.rl.algo), rewards, g, ro.logprobs, logp_ref, ro.mask, float(cfg.rl.beta),
-        str(cfg.rl.kl_mode) if need_ref else "none", str(cfg.rl.norm),
+        str(cfg.rl.algo),
+        rewards,
+        g,
+        ro.logprobs,
+        logp_ref,
+        ro.mask,
+        float(cfg.rl.beta),
+        str(cfg.rl.kl_mode) if need_ref else "none",
+        str(cfg.rl.norm),
     )
-    batch = update.Batch(tokens, attn, ro.mask, adv, ro.logprobs,
-                         logp_ref if cfg.rl.kl_mode == "loss" else None)
+    batch = update.Batch(
+        tokens, attn, ro.mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
+    )
     t0 = time.perf_counter()
     first = None
     for _ in range(int(cfg.rl.ppo_epochs)):
@@ -204,12 +243,17 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     n_tok = float(mf.sum())
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
     out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
-    out.update({f"reward/{k}": float(v) for k, v in
-                jax.device_get(losses.reward_stats(rewards, g)).items()})
+    out.update(
+        {
+            f"reward/{k}": float(v)
+            for k, v in jax.device_get(losses.reward_stats(rewards, g)).items()
+        }
+    )
     out["reward/raw_mean"] = float(rewards.mean())
     out["reward/raw_std"] = float(rewards.std())
-    out["reward/normalized_std"] = float(np.std(np.asarray(
-        losses.normalize_rewards(rewards, g, str(cfg.rl.norm)))))
+    out["reward/normalized_std"] = float(
+        np.std(np.asarray(losses.normalize_rewards(rewards, g, str(cfg.rl.norm))))
+    )
     if logp_ref is not None:
         k1 = (np.asarray(ro.logprobs) - np.asarray(logp_ref)) * mf
         out["kl/mean"] = float(k1.sum() / max(n_tok, 1.0))
@@ -219,11 +263,18 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     out["rollout/response_len"] = float(mf.sum(1).mean())
     out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
-    for name, secs, toks_done in (("rollout", t_roll, n_tok), ("judge", t_judge, None),
-                                  ("reference", t_ref, None), ("update", t_update, None)):
+    seq_tok = float(np.asarray(attn).sum())  # prompt + completion tokens a forward pass reads
+    n_epochs = int(cfg.rl.ppo_epochs)
+    for name, secs, toks_done in (
+        ("rollout", t_roll, n_tok),
+        ("judge", t_judge, len(rows)),
+        ("reference", t_ref, seq_tok),
+        ("update", t_update, seq_tok * n_epochs),
+    ):
         out[f"time/{name}_s"] = secs
-        if toks_done is not None and secs > 0:
-            out[f"time/{name}_tokens_per_s"] = toks_done / secs
+        if secs > 0:  # judge: responses scored per second; the others: tokens per second
+            unit = "rows" if name == "judge" else "tokens"
+            out[f"time/{name}_{unit}_per_s"] = toks_done / secs
     return state, out
 
 
@@ -233,9 +284,17 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
         return {}
     tok = run.policy.tokenizer
     ids, pmask = _prompts(run, run.test_examples)
-    ro = generate(run.policy.graphdef, state.params, ids, pmask, jax.random.PRNGKey(0),
-                  builders.sampling_config(run.cfg, greedy=True), 1,
-                  stop_ids=tok.stop_ids, pad_id=tok.pad_id)
+    ro = generate(
+        run.policy.graphdef,
+        state.params,
+        ids,
+        pmask,
+        jax.random.PRNGKey(0),
+        builders.sampling_config(run.cfg, greedy=True),
+        1,
+        stop_ids=tok.stop_ids,
+        pad_id=tok.pad_id,
+    )
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
     scores = run.rewards.score(run.test_examples, responses)
@@ -245,8 +304,12 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
 # --------------------------------------------------------------------------- the loop
 
 
-def train(cfg: Any, workdir: str | Path | None = None, mesh_flag: str | None = None,
-          stop_after: int | None = None) -> list[dict]:
+def train(
+    cfg: Any,
+    workdir: str | Path | None = None,
+    mesh_flag: str | None = None,
+    stop_after: int | None = None,
+) -> list[dict]:
     """Run (or resume) the config's RL run in `workdir`; returns the metrics records written.
 
     stop_after: return after this many steps of this call (tests use it to emulate a kill).
@@ -266,8 +329,14 @@ def train(cfg: Any, workdir: str | Path | None = None, mesh_flag: str | None = N
         writer.truncate_after(first)
         print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
     steps, records = int(cfg.train.steps), []
-    bar = tqdm(range(first, steps), initial=first, total=steps, desc=cfg.name, unit="step",
-               disable=jax.process_index() != 0)
+    bar = tqdm(
+        range(first, steps),
+        initial=first,
+        total=steps,
+        desc=cfg.name,
+        unit="step",
+        disable=jax.process_index() != 0,
+    )
     for step in bar:
         t0 = time.perf_counter()
         state, met = rl_step(run, state, step)
@@ -278,7 +347,9 @@ def train(cfg: Any, workdir: str | Path | None = None, mesh_flag: str | None = N
         if done == steps:
             met.update(evaluate_greedy(run, state))
         records.append(writer.write(done, met))
-        bar.set_postfix(reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}")
+        bar.set_postfix(
+            reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}"
+        )
         streak = int(met["train/nonfinite_streak"])
         if done % int(cfg.train.ckpt_every) == 0 or done == steps or streak:
             save_checkpoint(run, state, done)

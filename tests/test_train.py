@@ -1,4 +1,4 @@
-"""The RL loop end to end on the tiny synthetic task: learning, resume, drift, NaN guard, bad data."""
+"""The RL loop end to end on the tiny synthetic task: learning, resume, drift, NaN, bad data."""
 
 from __future__ import annotations
 
@@ -45,11 +45,24 @@ def test_tiny_task_is_learned(algo, tmp_path):
 
 
 def _run_cli(workdir: Path, steps: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "rlvr_jax.train", "--config", "configs/tiny.py",
-           f"--config.train.steps={steps}", "--config.train.ckpt_every=2",
-           "--config.train.tensorboard=False", f"--workdir={workdir}"]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlvr_jax.train",
+        "--config",
+        "configs/tiny.py",
+        f"--config.train.steps={steps}",
+        "--config.train.ckpt_every=2",
+        "--config.train.tensorboard=False",
+        f"--workdir={workdir}",
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def test_kill9_resume_equals_uninterrupted(tmp_path):
@@ -101,8 +114,13 @@ def _bad_data_cfg(tmp_path, bad_rows):
     lines[11] = json.dumps({**good, "query": 5})
     f = tmp_path / "train.jsonl"
     f.write_text("\n".join(lines) + "\n")
-    return _cfg(data__synthetic="", data__train=(str(f),), data__test=(str(f),),
-                data__bad_rows=bad_rows, train__steps=1), f
+    return _cfg(
+        data__synthetic="",
+        data__train=(str(f),),
+        data__test=(str(f),),
+        data__bad_rows=bad_rows,
+        train__steps=1,
+    ), f
 
 
 def test_bad_rows_stop_before_training(tmp_path):
@@ -117,3 +135,66 @@ def test_bad_rows_skipped_with_count(tmp_path, capsys):
     recs = train.train(cfg, tmp_path / "w")
     assert len(recs) == 1
     assert "2 bad rows skipped" in capsys.readouterr().err
+
+
+def test_hf_export_loads_in_transformers(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlvr_jax.models import hf_io
+    from rlvr_jax.models.transformer import forward
+
+    train.train(_cfg(train__steps=2, train__export_hf=True), tmp_path)
+    hf_dir = tmp_path / "hf"
+    cfg, state = hf_io.load_hf(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tokens = np.array([[3, 15, 13, 4, 9, 10]])
+    with torch.no_grad():
+        want = model(torch.tensor(tokens)).logits.numpy()
+    from rlvr_jax.models.transformer import abstract_model
+
+    graphdef = abstract_model(cfg)[0]
+    got, _ = forward(graphdef, state, tokens, np.arange(6)[None])
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    # The export is the trained policy, not the initial one.
+    assert not np.allclose(
+        np.asarray(got),
+        np.asarray(
+            forward(
+                graphdef,
+                train.builders.synthetic_model(_cfg(), train.builders.build_mesh(_cfg())).state,
+                tokens,
+                np.arange(6)[None],
+            )[0]
+        ),
+        atol=1e-3,
+    )
+
+
+def test_mesh_run_equals_single_device(tmp_path):
+    """The same config on 8 emulated devices as a (2,2,2) mesh gives the single-device run."""
+    steps = 3
+    single = train.train(_cfg(train__steps=steps), tmp_path / "one")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlvr_jax.train",
+        "--config",
+        "configs/tiny.py",
+        "--mesh=2,2,2",
+        f"--config.train.steps={steps}",
+        "--config.train.tensorboard=False",
+        f"--workdir={tmp_path / 'mesh'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meshed = read_metrics(tmp_path / "mesh" / "metrics.jsonl")
+    for a, b in zip(single, meshed, strict=True):
+        assert a["reward/raw_mean"] == b["reward/raw_mean"]  # identical samples
+        for k in ("train/loss", "train/grad_norm", "train/entropy"):
+            assert abs(a[k] - b[k]) <= 1e-5, (k, a[k], b[k])

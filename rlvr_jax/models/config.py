@@ -30,7 +30,7 @@ class ModelConfig:
     num_kv_heads: int  # Hkv
     head_dim: int  # K
     rope_theta: float = 10000.0
-    # HF rope_scaling as sorted (key, value) pairs, or None; only "llama3" and "default" are supported.
+    # HF rope_scaling as sorted (key, value) pairs, or None; "llama3" and "default" are supported.
     rope_scaling: tuple[tuple[str, Any], ...] | None = None
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
@@ -78,7 +78,9 @@ class ModelConfig:
             if isinstance(rope_scaling, dict):
                 rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
                 if rope_type not in ("default", "llama3"):
-                    raise ConfigError(f"{source}: field rope_scaling: unsupported type {rope_type!r}")
+                    raise ConfigError(
+                        f"{source}: field rope_scaling: unsupported type {rope_type!r}"
+                    )
                 rope_scaling = (
                     None
                     if rope_type == "default"
@@ -143,7 +145,8 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "max_position_embeddings": self.max_position_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": list(self.eos_token_id) if len(self.eos_token_id) != 1
+            "eos_token_id": list(self.eos_token_id)
+            if len(self.eos_token_id) != 1
             else self.eos_token_id[0],
             "pad_token_id": self.pad_token_id,
             "dtype": self.dtype,
@@ -152,7 +155,9 @@ class ModelConfig:
         if self.model_type == "llama":
             d.update(attention_bias=self.attention_bias, mlp_bias=False)
         else:
-            d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
+            d.update(
+                use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers
+            )
         return d
 
 

@@ -1,4 +1,4 @@
-"""The explicit KV cache: a pytree passed into the model and returned updated, never hidden state."""
+"""The explicit KV cache: a pytree passed into the model and returned updated, never hidden."""
 
 from __future__ import annotations
 
@@ -43,10 +43,12 @@ class KVCache:
         return self.mask.shape[1]
 
     def repeat(self, g: int) -> KVCache:
-        """Each row repeated g times along the batch ([B,...] -> [B*G,...], rows of a prompt adjacent):
-        a prompt is prefilled once and its cache shared by its G samples."""
+        """Each row repeated g times along the batch ([B,...] -> [B*G,...], a prompt's rows
+        adjacent): a prompt is prefilled once and its cache shared by its G samples."""
         rep = lambda x: jnp.repeat(x, g, axis=0)
-        return self.replace(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), mask=rep(self.mask))
+        return self.replace(
+            k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), mask=rep(self.mask)
+        )
 
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in (*self.k, *self.v, self.mask))
