@@ -201,7 +201,7 @@ def tree_shardings(
     dropped: list[str] = []
 
     def one(path, x, logical):
-        if not hasattr(x, "shape"):
+        if not hasattr(x, "shape") or not len(logical):  # no logical names: replicated
             return PartitionSpec()
         spec, notes = logical_to_spec(tuple(logical), x.shape, mesh, rules)
         dropped.extend(f"{jax.tree_util.keystr(path)}: {n}" for n in notes)
