@@ -366,5 +366,36 @@ def test_too_big_stops_before_compiling():
     assert math.isclose(fits.terms["optimizer"], 2 * fits.terms["params"], rel_tol=0.01)
 
 
+def _mesh_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mesh_bench", ROOT / "tools" / "mesh_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_mesh_bench_counts_collectives():
+    hlo = """
+  %all-gather.1 = f32[8,64]{1,0} all-gather(f32[1,64]{1,0} %p), dimensions={0}
+  %ag-start = (f32[1,64]{1,0}, f32[8,64]{1,0}) all-gather-start(f32[1,64]{1,0} %p)
+  %ag-done = f32[8,64]{1,0} all-gather-done((f32[1,64]{1,0}, f32[8,64]{1,0}) %ag-start)
+  %all-reduce.2 = (bf16[4,4]{1,0}, pred[]) all-reduce(bf16[4,4]{1,0} %a, pred[] %b), to_apply=%add
+  %rs = s32[2]{0} reduce-scatter(s32[16]{0} %c), dimensions={0}
+  %fusion = f32[8]{0} fusion(f32[8]{0} %all-reduce.2), kind=kLoop
+"""
+    got = _mesh_bench().collectives(hlo)
+    assert got["all-gather"] == (2, 2 * 8 * 64 * 4)
+    assert got["all-reduce"] == (1, 4 * 4 * 2 + 1)
+    assert got["reduce-scatter"] == (1, 8)
+    assert got["all-to-all"] == (0, 0) and got["collective-permute"] == (0, 0)
+
+
+def test_mesh_bench_bad_shape_exits_2(capsys):
+    assert _mesh_bench().main(["--shapes", "3,3,3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: mesh shape (3, 3, 3) needs 27 devices")
+
+
 if __name__ == "__main__" and "--worker" in sys.argv:
     print(json.dumps(_worker()))
