@@ -1,0 +1,427 @@
+"""`python -m rlvr_jax.evaluate --model MODEL_DIR --config configs/econ.py --out results.json`
+
+Answers a split's questions with the policy (greedy unless `--config.rollout.temperature` is given),
+judges the answers and reports accuracy per subject, per field and the field average (the paper's
+figure) for: the model judge's verdict (`binary`), its soft reward (`soft`, paper Eq. 4) and the
+rule rewards (`rule_binary`, `rule_jaccard`). It also measures the judge's false-positive rate on
+the master-key probes (content-free responses, `probes.probe_rows`) of the evaluated questions.
+
+Votes (`--votes M`): the paper judges "one judgment per response (majority of m when m > 1)", so M
+counts judge votes on the same response, not responses. The judge's greedy verdict is
+deterministic, so M = 1 uses it; for M > 1 each vote is the judge's first token sampled at
+temperature 1, i.e. YES with probability P(YES) (the mass of the YES spellings; NO and any other
+token count as NO), drawn with seeded keys from the same single judge prefill, and the verdict is
+the majority (a tie is NO). An empty response gets NO votes. The soft reward does not depend on M.
+
+Writes, next to OUT (each to a temporary file, then renamed; OUT itself last):
+    OUT                         results: accuracy tables, probe FPR, settings, wall time
+    <OUT stem>.md               the accuracy table in markdown
+    <OUT stem>.generations.jsonl  one row per question: question, reference, response, scores
+                                (the judgment-file layout that tools/judge_agreement.py reads)
+    <OUT stem>.probes.jsonl     one row per probe: response, label NO, the judge's scores
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from rlvr_jax import agreement, builders, checkpoint, data, probes, reward
+from rlvr_jax import mesh as mesh_lib
+from rlvr_jax.models.config import ConfigError
+from rlvr_jax.models.default import DefaultModelError
+from rlvr_jax.rollout import SamplingConfig, completions_from, generate
+
+# Specs that are not directories: resolved by builders (or handled by RewardRunner).
+_NAMED_MODELS = ("default", "distilled", "synthetic", "policy", "")
+
+
+class EvalError(ValueError):
+    """Bad evaluate input, with a one-line message."""
+
+
+class _QA(NamedTuple):
+    """What RewardRunner.score reads from a row."""
+
+    question: str
+    reference: str
+
+
+def out_paths(out: str | Path) -> dict[str, Path]:
+    """The files written for results path `out` (results.json -> results.md, ...)."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix else out
+    return {
+        "results": out,
+        "table": base.with_suffix(".md"),
+        "generations": Path(f"{base}.generations.jsonl"),
+        "probes": Path(f"{base}.probes.jsonl"),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_model_spec(spec: str, what: str) -> None:
+    """Fail fast (before loading anything) on a model directory that does not exist."""
+    if spec in _NAMED_MODELS:
+        return
+    p = Path(spec)
+    if not p.is_dir():
+        raise EvalError(f"{what} {spec}: no such model directory")
+    if not (p / "config.json").is_file():
+        raise EvalError(f"{what} {spec}: not a model directory (no config.json)")
+
+
+def generate_responses(
+    cfg: Any,
+    policy: Any,
+    examples: Sequence[data.Example],
+    sc: SamplingConfig,
+    batch_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Any], int]:
+    """One completion per example, in fixed-size batches (the last padded with copies).
+
+    Batch k samples with key fold_in(PRNGKey(cfg.seed), k) (unused when greedy). Returns
+    (`rollout.Completion` per example, number of prompts cut to fit the largest bucket).
+    """
+    tok, out, cut = policy.tokenizer, [], 0
+    batch_size = min(batch_size, len(examples))  # no padding rows beyond the questions
+    sharding = None
+    if mesh is not None and batch_size % mesh_lib.batch_size_multiple(mesh) == 0:
+        sharding = mesh_lib.batch_sharding(mesh, (batch_size, 1))
+    for k, s in enumerate(range(0, len(examples), batch_size)):
+        chunk = examples[s : s + batch_size]
+        ids, mask, c = builders.policy_prompts(cfg, tok, chunk, batch=batch_size)
+        key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), k)
+        ro = generate(policy.graphdef, policy.state, ids, mask, key, sc, 1, stop_ids=tok.stop_ids,
+                      pad_id=tok.pad_id, batch_sharding=sharding)  # fmt: skip
+        out.extend(completions_from(ro, tok, len(chunk)))
+        cut += c  # counts real prompts only (the batch's pad rows are not counted)
+        if progress is not None:
+            progress(len(chunk))
+    return out, cut
+
+
+def judge_votes(
+    p_yes: np.ndarray, empty: np.ndarray, greedy: np.ndarray, votes: int, key: jax.Array
+) -> tuple[np.ndarray, np.ndarray]:
+    """Judge votes [N, M] and their majority verdict [N] (see the module docstring).
+
+    p_yes [N]: P(YES) of the judge's first token; empty [N] bool; greedy [N]: greedy verdict (0/1).
+    """
+    if votes == 1:
+        v = np.asarray(greedy, int)[:, None]
+    else:
+        u = np.asarray(jax.random.uniform(key, (len(p_yes), votes)))
+        v = (u < np.asarray(p_yes)[:, None]).astype(int)
+    v = np.where(np.asarray(empty, bool)[:, None], 0, v)
+    return v, agreement.majority(v)
+
+
+def _score_rows(
+    rewards: builders.RewardRunner,
+    qa: Sequence[_QA],
+    responses: Sequence[str],
+    chunk: int,
+    bar: tqdm,
+) -> dict[str, np.ndarray]:
+    """RewardRunner.score over rows in chunks of `chunk` (progress per chunk), in input order.
+
+    Rows are scored in order of the length of what the judge reads (question, last line,
+    reference), so that each chunk pads to a small prompt bucket; scores are per row, so the
+    order does not change them.
+    """
+    size = [len(q.question) + len(reward.last_nonempty_line(r)) + len(q.reference)
+            for q, r in zip(qa, responses, strict=True)]  # fmt: skip
+    order = np.argsort(size, kind="stable")
+    parts: list[dict[str, np.ndarray]] = []
+    for s in range(0, len(qa), chunk):
+        idx = order[s : s + chunk]
+        parts.append(rewards.score([qa[i] for i in idx], [responses[i] for i in idx]))
+        bar.update(len(idx))
+    inv = np.argsort(order)
+    keys = [k for k in parts[0] if k != "judge_truncated"]
+    out = {k: np.concatenate([p[k] for p in parts])[inv] for k in keys}
+    out["judge_truncated"] = np.array([sum(int(p.get("judge_truncated", [0])[0]) for p in parts)])
+    return out
+
+
+def _judged(
+    scores: dict[str, np.ndarray], responses: Sequence[str], votes: int, key: jax.Array
+) -> dict[str, np.ndarray]:
+    """Per-row judge columns: votes [N, M], binary (majority) [N], greedy binary [N]."""
+    empty = np.array([not reward.last_nonempty_line(r) for r in responses], bool)
+    v, maj = judge_votes(scores["judge_p_yes"], empty, scores["binary"], votes, key)
+    return {"votes": v, "binary": maj, "greedy_binary": scores["binary"].astype(int)}
+
+
+def _f(x: Any) -> Any:
+    """JSON-ready scalar: numpy -> python, rounded floats."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    return round(x, 6) if isinstance(x, float) else x
+
+
+def probe_report(
+    rewards: builders.RewardRunner,
+    examples: Sequence[data.Example],
+    kinds: Sequence[str] | None,
+    votes: int,
+    key: jax.Array,
+    chunk: int,
+    bar_kw: dict,
+) -> tuple[dict, list[dict]]:
+    """The judge on the master-key probes of `examples` (all labelled NO).
+
+    Returns ({n, fpr (YES rate with the same vote rule as the answers), soft_mean,
+    rule_binary_fpr, per_probe: {probe: fpr}}, the judged probe rows).
+    """
+    prs = probes.probe_rows(examples, kinds)
+    responses = [r["response"] for r in prs]
+    with tqdm(total=len(prs), desc="probes", unit="row", **bar_kw) as bar:
+        qa = [_QA(r["question"], r["reference"]) for r in prs]
+        ps = _score_rows(rewards, qa, responses, chunk, bar)
+    pj = _judged(ps, responses, votes, key)
+    rows = [
+        {**r, "binary": int(pj["binary"][i]), "votes": pj["votes"][i].tolist(),
+         "soft": _f(ps["soft"][i]), "judge_p_yes": _f(ps["judge_p_yes"][i]),
+         "rule_binary": _f(ps["rule_binary"][i])}
+        for i, r in enumerate(prs)
+    ]  # fmt: skip
+    per_probe: dict[str, list[int]] = {}
+    for r in rows:
+        per_probe.setdefault(r["kind"].removeprefix("probe:"), []).append(r["binary"])
+    res = {
+        "n": len(rows),
+        "fpr": float(np.mean([r["binary"] for r in rows])),
+        "soft_mean": float(np.mean([r["soft"] for r in rows])),
+        "rule_binary_fpr": float(np.mean([r["rule_binary"] for r in rows])),
+        "per_probe": {k: float(np.mean(v)) for k, v in per_probe.items()},
+        "judge_truncated_prompts": int(ps["judge_truncated"][0]),
+    }
+    return res, rows
+
+
+def _write_outputs(out: str | Path, results: dict, rows: list, probe_rows: list) -> None:
+    """All files, each atomically; results.json last (its presence means the set is complete)."""
+    paths = out_paths(out)
+    results["files"] = {k: str(p) for k, p in paths.items()}
+    _write_atomic(paths["generations"], "".join(json.dumps(r) + "\n" for r in rows))
+    _write_atomic(paths["probes"], "".join(json.dumps(r) + "\n" for r in probe_rows))
+    _write_atomic(paths["table"], results["table"])
+    _write_atomic(paths["results"], json.dumps(results, indent=2) + "\n")
+
+
+def evaluate(
+    cfg: Any,
+    model: str | None = None,
+    judge: str | None = None,
+    split: str = "test",
+    votes: int = 1,
+    limit: int | None = None,
+    mesh_flag: str | None = None,
+    out: str | Path | None = None,
+    greedy: bool = True,
+    batch_size: int = 16,
+    probe_kinds: Sequence[str] | None = None,
+    quiet: bool = False,
+) -> dict:
+    """Evaluate a policy on a split; returns the results dict (also written when `out` is given).
+
+    model / judge override config policy.model / judge.model (a directory or a named spec).
+    greedy: greedy answers; False samples with the config's rollout temperature/top-k/top-p.
+    probe_kinds: the master-key probes to run (default: all of `probes.PROBES`; () skips them).
+    """
+    t_start = time.perf_counter()
+    if votes < 1:
+        raise EvalError(f"--votes must be >= 1, got {votes}")
+    if batch_size < 1:
+        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {limit}")
+    unknown = sorted(set(probe_kinds or ()) - set(probes.PROBES))
+    if unknown:
+        known = ", ".join(probes.PROBES)
+        raise EvalError(f"--probes: unknown probe {unknown[0]!r} (known: {known})")
+    cfg = cfg.copy_and_resolve_references()
+    if model is not None:
+        cfg.policy.model = model
+    if judge is not None:
+        cfg.judge.model = judge
+    _check_model_spec(str(cfg.policy.model), "--model")
+    _check_model_spec(str(cfg.judge.model), "--judge")
+    has_judge = bool(str(cfg.judge.model))
+    if not has_judge and cfg.judge.reward in builders.JUDGE_REWARDS:
+        cfg.judge.reward = "rule_binary"  # evaluate optimises nothing; rules only without a judge
+    if cfg.mesh.distributed:
+        mesh_lib.initialize_distributed(cfg.mesh)
+    say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    bar_kw = dict(disable=quiet or jax.process_index() != 0, file=sys.stderr, dynamic_ncols=True)
+
+    report = builders.build_examples(cfg, split, limit)
+    say(report.summary())
+    examples = report.examples
+    mesh = builders.build_mesh(cfg, mesh_flag)
+    policy = builders.build_policy(cfg, mesh)
+    rewards = builders.RewardRunner.from_config(cfg, mesh, policy)
+    t_loaded = time.perf_counter()
+
+    sc = builders.sampling_config(cfg, greedy=greedy)
+    with tqdm(total=len(examples), desc="generate", unit="q", **bar_kw) as bar:
+        comps, cut = generate_responses(cfg, policy, examples, sc, batch_size, mesh, bar.update)
+    responses = [c.text for c in comps]
+    t_gen = time.perf_counter()
+
+    qa = [_QA(ex.question, ex.reference) for ex in examples]
+    chunk = int(cfg.judge.batch_size)
+    with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
+        scores = _score_rows(rewards, qa, responses, chunk, bar)
+    vote_key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003)
+    judged = _judged(scores, responses, votes, vote_key) if has_judge else {}
+    t_judge = time.perf_counter()
+
+    rows = []
+    for i, (ex, c) in enumerate(zip(examples, comps, strict=True)):
+        row = dict(id=ex.id, subject=ex.subject, field=ex.field, question=ex.question,
+                   reference=ex.reference, response=c.text, stopped=c.stopped,
+                   response_tokens=len(c.ids))  # fmt: skip
+        if has_judge:
+            row.update(
+                binary=int(judged["binary"][i]),
+                votes=judged["votes"][i].tolist(),
+                greedy_binary=int(judged["greedy_binary"][i]),
+            )
+            for k in ("soft", "soft_normalized", "judge_p_yes"):
+                row[k] = _f(scores[k][i])
+        for k in rewards.rules:
+            row[k] = _f(scores[k][i])
+        rows.append(row)
+    keys = [k for k in ("binary", "soft", "rule_binary", "rule_jaccard") if k in rows[0]]
+    acc = agreement.accuracy_by_group(rows, keys)
+
+    probe_res, probe_out = None, []
+    if has_judge and (probe_kinds is None or len(probe_kinds)):
+        probe_res, probe_out = probe_report(
+            rewards, examples, probe_kinds, votes, jax.random.fold_in(vote_key, 1), chunk, bar_kw
+        )
+    t_end = time.perf_counter()
+
+    results = {
+        "config": str(cfg.name),
+        "split": split,
+        "model": str(cfg.policy.model),
+        "judge": str(cfg.judge.model) or None,
+        "judge_template": str(cfg.judge.template) if has_judge else None,
+        "n_questions": len(examples),
+        "data_source": report.source,
+        "votes": votes,
+        "vote_rule": (
+            "greedy verdict"
+            if votes == 1
+            else f"majority of {votes} verdicts sampled at temperature 1 (tie = NO)"
+        ),
+        "sampling": dict(
+            greedy=sc.greedy,
+            temperature=sc.temperature,
+            top_k=sc.top_k,
+            top_p=sc.top_p,
+            max_new_tokens=sc.max_new_tokens,
+            seed=int(cfg.seed),
+        ),
+        "accuracy": acc,
+        "probes": probe_res,
+        "generation": {
+            "mean_response_tokens": float(np.mean([len(c.ids) for c in comps])),
+            "truncated_rate": float(np.mean([not c.stopped for c in comps])),
+            "prompts_cut": int(cut),
+        },
+        "judge_truncated_prompts": int(scores["judge_truncated"][0]) if has_judge else 0,
+        "time_s": dict(
+            load=t_loaded - t_start,
+            generate=t_gen - t_loaded,
+            judge=t_judge - t_gen,
+            probes=t_end - t_judge,
+        ),
+        "wall_time_s": t_end - t_start,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+    }
+    table = agreement.markdown_table(acc, keys)
+    if probe_res is not None:
+        table += (
+            f"\nMaster-key probes: judge false-positive rate {100 * probe_res['fpr']:.1f}% "
+            f"over {probe_res['n']} probe rows (votes={votes}).\n"
+        )
+    table += f"\nWall time {results['wall_time_s']:.1f} s ({len(examples)} questions).\n"
+    results["table"] = table
+    if out is not None and jax.process_index() == 0:
+        _write_outputs(out, results, rows, probe_out)
+    return results
+
+
+def define_flags() -> dict[str, Any]:
+    """The command-line flags. Defined only when run as a program: train.py defines --config too,
+    and absl refuses a flag defined twice in one process (e.g. a test session importing both)."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", None, "Run config (a Python file)."),
+        "model": flags.DEFINE_string("model", None, 'Policy model directory or "default".'),
+        "judge": flags.DEFINE_string("judge", None, "Judge model dir (overrides judge.model)."),
+        "split": flags.DEFINE_string("split", "test", "Data split to evaluate."),
+        "votes": flags.DEFINE_integer("votes", 1, "Judge votes per response (majority)."),
+        "limit": flags.DEFINE_integer("limit", None, "Evaluate only the first K questions."),
+        "batch_size": flags.DEFINE_integer("batch_size", 16, "Questions per generation batch."),
+        "mesh": flags.DEFINE_string("mesh", None, "Mesh DATA,FSDP,TENSOR (overrides mesh.shape)."),
+        "out": flags.DEFINE_string("out", None, "Path of results.json (others go next to it)."),
+        "probes": flags.DEFINE_string("probes", "all", "Master-key probes: all, none or NAME,..."),
+    }
+
+
+def main(argv: list[str], fl: dict[str, Any]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    cfg = fl["config"].value
+    if cfg is None:
+        raise app.UsageError("--config is required, e.g. --config configs/econ.py")
+    if not fl["out"].value:
+        raise app.UsageError("--out is required, e.g. --out results.json")
+    # Greedy unless a sampling temperature is set on the command line.
+    greedy = "rollout.temperature" not in config_flags.get_override_values(flags.FLAGS["config"])
+    v = {k: h.value for k, h in fl.items()}
+    kinds = {"all": None, "none": ()}.get(v["probes"], [k for k in v["probes"].split(",") if k])
+    try:
+        res = evaluate(cfg, v["model"], v["judge"], v["split"], v["votes"], v["limit"], v["mesh"],
+                       v["out"], greedy, v["batch_size"], kinds)  # fmt: skip
+    except (EvalError, ConfigError, data.DataError, mesh_lib.MeshError,
+            checkpoint.CheckpointError, DefaultModelError) as e:  # fmt: skip
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(res["table"], end="")
+    print(f"wrote {res['files']['results']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    _FLAGS = define_flags()
+    app.run(lambda argv: main(argv, _FLAGS))
