@@ -6,7 +6,7 @@ The mesh has three axes, (data, fsdp, tensor):
   weight before use and reduce-scatters its gradient);
 - tensor: weights split along heads / MLP / vocab (Megatron style).
 
-Model code names *logical* axes only (each `nnx.Param` carries `sharding_names`, e.g.
+Model code names *logical* axes only (each `nnx.Param` carries `out_sharding` names, e.g.
 ("embed", "q_heads", "head_dim")). A rules table maps each logical name to mesh axes, so a change of
 parallelism is a table edit. Training shards weights over fsdp and tensor; sampling (memory-bound
 decode, where an all-gather per step per weight would dominate) keeps weights whole over fsdp and
@@ -180,24 +180,16 @@ def logical_sharding(
     return NamedSharding(mesh, spec)
 
 
-def _is_var(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def logical_specs(tree: Any) -> Any:
-    """The logical PartitionSpec of every leaf (P() for leaves without `sharding_names`)."""
-    return nnx.get_partition_spec(tree)
-
-
 def tree_shardings(
     tree: Any, mesh: Mesh | Mapping[str, int] | Sequence[int], rules: Rules, warn: bool = True
 ) -> Any:
-    """Mesh PartitionSpecs for a tree of arrays (or ShapeDtypeStructs) carrying nnx metadata.
+    """Mesh PartitionSpecs for a tree of arrays (or ShapeDtypeStructs) whose nnx Variables carry
+    logical axis names (`out_sharding` metadata).
 
     Works for model states and for optax states built over them (moments keep the Param metadata).
     Leaves without logical names are replicated. Returns a tree of the same structure.
     """
-    specs = logical_specs(tree)
+    specs = nnx.get_partition_spec(tree)  # logical names per leaf, P() where there are none
     dropped: list[str] = []
 
     def one(path, x, logical):
@@ -220,7 +212,7 @@ def tree_shardings(
 
 
 def param_shardings(tree: Any, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:
-    """NamedShardings for a model or optimizer state (same tree structure), from `sharding_names`.
+    """NamedShardings for a model or optimizer state (same tree structure), from its logical names.
 
     Use as `out_shardings` / `in_shardings` of jitted functions, or with `jax.device_put`.
     """

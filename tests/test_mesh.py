@@ -256,11 +256,12 @@ def test_parse_and_resolve_mesh():
 def test_make_mesh_one_device():
     import jax
 
-    from rlvr_jax.mesh import make_mesh
+    from rlvr_jax.mesh import local_rows, make_mesh
 
     m = make_mesh("-1,1,1")
     assert m.axis_names == ("data", "fsdp", "tensor")
     assert dict(m.shape) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
+    assert local_rows(m, 16) == slice(0, 16)  # one process loads every row
 
 
 def test_rules_drop_axes_that_do_not_divide():
@@ -323,7 +324,7 @@ def test_initialize_distributed_modes(monkeypatch):
 
 def test_plan_from_base_config():
     from configs import base
-    from rlvr_jax.memory import RunShape, plan_memory
+    from rlvr_jax.memory import RunShape, device_memory_bytes, plan_memory
 
     run = RunShape.from_config(base.get_config())
     assert (run.rows, run.prompt_len + run.completion_len) == (16, 384)
@@ -333,6 +334,9 @@ def test_plan_from_base_config():
         plan.phase_bytes(p) for p in plan.phases
     )
     assert "kv_cache" in plan.table()
+    # CPU reports no memory limit: the fallback, else host RAM shared by the devices.
+    assert device_memory_bytes(fallback=123) == 123
+    assert device_memory_bytes() > 2**30
 
 
 def test_too_big_stops_before_compiling():
