@@ -133,12 +133,13 @@ class MemoryPlan:
         lines = [f"memory plan per device ({mesh}):"]
         for t, b in self.terms.items():
             phase = next((p for p, ts in self.phases.items() if t in ts), "all")
-            lines.append(f"  {t:<20} {_fmt(b):>10}  [{phase}]  {self.notes.get(t, '')}")
-        lines.append(f"  {'peak':<20} {_fmt(self.total):>10}  (phase: {self.peak_phase})")
+            lines.append(f"  {t:<20} {fmt_bytes(b):>10}  [{phase}]  {self.notes.get(t, '')}")
+        lines.append(f"  {'peak':<20} {fmt_bytes(self.total):>10}  (phase: {self.peak_phase})")
         return "\n".join(lines)
 
 
-def _fmt(b: float) -> str:
+def fmt_bytes(b: float) -> str:
+    """Bytes as a short human string (e.g. 1.50 GiB)."""
     for unit, scale in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
         if b >= scale:
             return f"{b / scale:.2f} {unit}"
@@ -324,10 +325,10 @@ def check_fits(plan: MemoryPlan, device_bytes: int, usable: float = 0.9) -> None
     big = plan.largest
     mesh = ",".join(str(n) for n in plan.mesh.values())
     ranked = sorted(plan.terms.items(), key=lambda kv: -kv[1])
-    others = ", ".join(f"{t} {_fmt(b)}" for t, b in ranked if b and t != big)
+    others = ", ".join(f"{t} {fmt_bytes(b)}" for t, b in ranked if b and t != big)
     raise MemoryPlanError(
-        f"will not fit: needs {_fmt(plan.total)} per device on mesh {mesh} (phase "
-        f"{plan.peak_phase}), a device has {_fmt(device_bytes)} ({usable:.0%} usable = "
-        f"{_fmt(budget)}). Largest term: {big} {_fmt(plan.terms[big])} "
+        f"will not fit: needs {fmt_bytes(plan.total)} per device on mesh {mesh} (phase "
+        f"{plan.peak_phase}), a device has {fmt_bytes(device_bytes)} ({usable:.0%} usable = "
+        f"{fmt_bytes(budget)}). Largest term: {big} {fmt_bytes(plan.terms[big])} "
         f"({plan.notes.get(big, '')}); to shrink it: {ADVICE[big]}. Other terms: {others}."
     )

@@ -57,13 +57,6 @@ def collectives(hlo_text: str) -> dict[str, tuple[int, int]]:
     return {op: (c, b) for op, (c, b) in out.items()}
 
 
-def _fmt_bytes(b: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if b >= scale:
-            return f"{b / scale:.1f}{unit}"
-    return f"{int(b)}B"
-
-
 def _parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", nargs="+", default=["8,1,1", "1,8,1", "2,2,2", "4,1,2"],
@@ -236,6 +229,8 @@ def _program(compiled, call, repeats: int, extra=None) -> dict:
 
 
 def print_table(r: dict) -> None:
+    from rlvr_jax.memory import fmt_bytes as _fmt_bytes
+
     shape = "x".join(map(str, r["shape"]))
     print(f"\n== mesh data,fsdp,tensor = {shape} ==")
     head = f"{'program':<11} {'time':>9} " + " ".join(f"{op:>22}" for op in COLLECTIVES)
