@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Sequence
 
 import flax.struct
@@ -33,8 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
+from rlvr_jax.rules import last_nonempty_line
+from rlvr_jax.rules import math_equivalent as math_equivalent  # rule rewards, re-exported
+from rlvr_jax.rules import rule_binary as rule_binary
+from rlvr_jax.rules import rule_jaccard as rule_jaccard
 from rlvr_jax.tokenizer import Tokenizer, bucket_length, left_pad
 
 # The released judge's prompt, verbatim: each text line ends with two spaces; the "---" and blank
@@ -96,7 +101,24 @@ class JudgeConfig:
     system: str | None = SYSTEM_MESSAGE
     chat_template: bool = True
     max_prompt_len: int = 1024
-    buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+    # Judge prompts cluster (the template is ~250 tokens): fine buckets there waste less padding.
+    buckets: tuple[int, ...] = (
+        32,
+        64,
+        96,
+        128,
+        192,
+        256,
+        320,
+        384,
+        448,
+        512,
+        640,
+        768,
+        1024,
+        1536,
+        2048,
+    )
     batch_size: int = 16
     yes_spellings: tuple[str, ...] = YES_SPELLINGS
     no_spellings: tuple[str, ...] = NO_SPELLINGS
@@ -115,14 +137,6 @@ class JudgeConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Host side: judge prompts with the budget rule.
-
-
-def last_nonempty_line(response: str) -> str:
-    """The response's last line with non-whitespace content, stripped ("" if there is none)."""
-    for line in reversed(response.splitlines()):
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 @dataclasses.dataclass
@@ -206,23 +220,8 @@ class JudgeScores:
     soft_normalized: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def judge_scores(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    ids: jax.Array,
-    mask: jax.Array,
-    yes_ids: jax.Array,
-    no_ids: jax.Array,
-    valid: jax.Array,
-) -> JudgeScores:
-    """Score left-padded judge prompts ids/mask [N,T] with the judge (graphdef, state).
-
-    yes_ids [Ky], no_ids [Kn] int32: the single-token spellings. valid [N] bool: False rows (empty
-    responses, batch padding) get every reward 0. Only the last position is projected to [N, V].
-    """
-    hidden, _ = forward(graphdef, state, ids, positions_from_mask(mask), mask, None, True)
-    logits = lm_logits(graphdef, state, hidden[:, -1])  # [N, V]
+def _scores(logits: jax.Array, yes_ids, no_ids, valid) -> JudgeScores:
+    """The rewards from next-token logits [N, V] (see the module docstring)."""
     probs = jax.nn.softmax(logits, axis=-1)
     p_yes = jnp.take(probs, yes_ids, axis=-1).sum(-1)
     p_no = jnp.take(probs, no_ids, axis=-1).sum(-1)
@@ -243,6 +242,53 @@ def judge_scores(
         soft=jnp.where(valid, soft, zero),
         soft_normalized=jnp.where(valid, normalized, zero),
     )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def judge_scores(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    ids: jax.Array,
+    mask: jax.Array,
+    yes_ids: jax.Array,
+    no_ids: jax.Array,
+    valid: jax.Array,
+) -> JudgeScores:
+    """Score left-padded judge prompts ids/mask [N,T] with the judge (graphdef, state).
+
+    yes_ids [Ky], no_ids [Kn] int32: the single-token spellings. valid [N] bool: False rows (empty
+    responses, batch padding) get every reward 0. Only the last position is projected to [N, V].
+    """
+    hidden, _ = forward(graphdef, state, ids, positions_from_mask(mask), mask, None, True)
+    return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def judge_scores_shared_prefix(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prefix: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array,
+    yes_ids: jax.Array,
+    no_ids: jax.Array,
+    valid: jax.Array,
+) -> JudgeScores:
+    """`judge_scores` for prompts that all start with the same tokens `prefix` [Lp].
+
+    The prefix (system message and instructions: most of the paper prompt) is computed once, its
+    KV cache shared by the N rows, whose remaining tokens ids/mask [N,Ts] are left-padded: padding
+    sits between the prefix and a row's own tokens, masked out, with positions that skip it. The
+    same attention as the full forward over prefix + row, for about a third of the work.
+    """
+    lp, (n, ts) = prefix.shape[0], ids.shape
+    cfg = nnx.merge(graphdef, state).cfg  # trace time only: the model's static config
+    cache = KVCache.init(cfg, 1, lp + ts)
+    pos = jnp.arange(lp, dtype=jnp.int32)[None]
+    _, cache = forward(graphdef, state, prefix[None], pos, None, cache, True)
+    positions = lp + positions_from_mask(mask)
+    hidden, _ = forward(graphdef, state, ids, positions, mask, cache.repeat(n), True)
+    return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid)
 
 
 @dataclasses.dataclass
@@ -293,42 +339,70 @@ class Judge:
             for q, r, a in zip(questions, responses, references, strict=True)
         ]
 
+    @functools.cached_property
+    def prefix_ids(self) -> list[int]:
+        """The tokens every judge prompt of this template starts with (before the question),
+        less two at the end, where the question's first characters could merge into a token."""
+        sentinel = "\x00QUESTION\x00"
+        ids = build_judge_prompt(self.tok, sentinel, "r", "a", self.cfg).ids
+        text = self.tok.decode(ids, skip_special_tokens=False)
+        cut = text.find(sentinel)
+        return self.tok.encode(text[:cut])[:-2] if cut > 0 else []
+
     def score_prompts(self, prompts: Sequence[JudgePrompt], progress=None) -> Rewards:
         """Score tokenized judge prompts in fixed-size batches, each padded to a length bucket.
 
-        Rows are sorted by length so that a batch pads to its own longest row, not the global one;
+        Prompts starting with the template's shared prefix (all of them, unless a budget cut kept
+        only a prompt's tail) go through `judge_scores_shared_prefix`, the rest through
+        `judge_scores`. Rows are sorted by length so that a batch pads to its own longest row;
         results come back in input order. `progress(k)` is called after each batch of k rows.
         """
-        n, bs = len(prompts), self.cfg.batch_size
-        order = sorted(range(n), key=lambda i: len(prompts[i].ids))
-        parts: list[JudgeScores] = []
-        for s in range(0, n, bs):
-            rows = [prompts[i] for i in order[s : s + bs]]
-            pad = bs - len(rows)
-            seqs = [p.ids for p in rows] + [rows[0].ids] * pad  # fixed batch shape
-            length = bucket_length(max(map(len, seqs)), self.cfg.buckets)
-            ids, mask = left_pad(seqs, length, self.tok.pad_id)
-            valid = np.array([not p.empty for p in rows] + [False] * pad)
-            if self.batch_sharding is not None:
-                ids, mask, valid = jax.device_put((ids, mask, valid), self.batch_sharding)
-            out = judge_scores(
-                self.graphdef, self.state, ids, mask, self.yes_ids, self.no_ids, valid
-            )
-            k = len(rows)
-            parts.append(jax.tree.map(lambda x: np.asarray(x)[:k], out))  # noqa: B023
-            if progress is not None:
-                progress(len(rows))
-        cat = {f.name: np.zeros(0) for f in dataclasses.fields(JudgeScores)}
-        if parts:
-            cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in cat}
-        inv = np.argsort(np.asarray(order, dtype=np.int64)) if n else np.zeros(0, np.int64)
+        prefix = self.prefix_ids
+        lp = len(prefix)
+        shared = [lp > 0 and len(p.ids) > lp and p.ids[:lp] == prefix for p in prompts]
+        groups = [[i for i in range(len(prompts)) if shared[i] == s] for s in (True, False)]
+        parts: list[tuple[list[int], JudgeScores]] = []
+        for use_prefix, group in zip((True, False), groups, strict=True):
+            group.sort(key=lambda i: len(prompts[i].ids))
+            for s in range(0, len(group), self.cfg.batch_size):
+                idx = group[s : s + self.cfg.batch_size]
+                out = self._score_batch([prompts[i] for i in idx], lp if use_prefix else 0)
+                parts.append((idx, out))
+                if progress is not None:
+                    progress(len(idx))
+        cols = {f.name: np.zeros(len(prompts), np.float32) for f in dataclasses.fields(JudgeScores)}
+        for k in ("verdict", "greedy"):
+            cols[k] = np.zeros(len(prompts), np.int32)
+        for idx, out in parts:
+            for k in cols:
+                cols[k][idx] = getattr(out, k)
         return Rewards(
-            **{k: v[inv] for k, v in cat.items()},
+            **cols,
             empty=np.array([p.empty for p in prompts], bool),
             cut_question=sum(p.cut_question for p in prompts),
             cut_response=sum(p.cut_response for p in prompts),
             cut_hard=sum(p.cut_hard for p in prompts),
         )
+
+    def _score_batch(self, rows: list[JudgePrompt], lp: int) -> JudgeScores:
+        """One jitted call for <= batch_size rows (padded with copies of the first row)."""
+        k, pad = len(rows), self.cfg.batch_size - len(rows)
+        seqs = [p.ids[lp:] for p in rows] + [rows[0].ids[lp:]] * pad
+        length = bucket_length(max(map(len, seqs)), self.cfg.buckets)
+        ids, mask = left_pad(seqs, length, self.tok.pad_id)
+        valid = np.array([not p.empty for p in rows] + [False] * pad)
+        prefix = np.asarray(rows[0].ids[:lp], np.int32)
+        if self.batch_sharding is not None:
+            ids, mask, valid = jax.device_put((ids, mask, valid), self.batch_sharding)
+            if isinstance(self.batch_sharding, NamedSharding):
+                whole = NamedSharding(self.batch_sharding.mesh, PartitionSpec())
+                prefix = jax.device_put(prefix, whole)
+        args = (self.yes_ids, self.no_ids, valid)
+        if lp:
+            out = judge_scores_shared_prefix(self.graphdef, self.state, prefix, ids, mask, *args)
+        else:
+            out = judge_scores(self.graphdef, self.state, ids, mask, *args)
+        return jax.tree.map(lambda x: np.asarray(x)[:k], out)
 
     def score(
         self,
@@ -339,40 +413,3 @@ class Judge:
     ) -> Rewards:
         """Judge rewards for N (question, response, reference) rows."""
         return self.score_prompts(self.prompts(questions, responses, references), progress)
-
-
-# ----------------------------------------------------------------------------------------------
-# Rule-based rewards (host, string matching).
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def _norm(s: str) -> str:
-    return " ".join(s.casefold().split())
-
-
-def rule_binary(response: str, reference: str) -> float:
-    """1.0 if the reference occurs in the response (case- and whitespace-insensitive), else 0.0.
-    An empty reference or response scores 0."""
-    ref, resp = _norm(reference), _norm(response)
-    return float(bool(ref) and bool(resp) and ref in resp)
-
-
-def rule_jaccard(response: str, reference: str) -> float:
-    """Jaccard overlap of the word sets of the response's last non-empty line and the reference
-    (the whole response's words would dilute the overlap by the length of its reasoning)."""
-    a = set(_WORD.findall(last_nonempty_line(response).casefold()))
-    b = set(_WORD.findall(reference.casefold()))
-    return len(a & b) / len(a | b) if a | b else 0.0
-
-
-def math_equivalent(response: str, reference: str) -> float:
-    """1.0 if math-verify finds the response's final answer symbolically equal to the reference."""
-    from math_verify import parse, verify
-
-    if not response.strip() or not reference.strip():
-        return 0.0
-    try:
-        return float(verify(parse(reference), parse(response)))
-    except Exception:  # math-verify raises on unparsable input in some versions; that is a 0
-        return 0.0

@@ -13,6 +13,7 @@ from rlvr_jax import reward as W
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.hf_io import state_from_tensors
 from rlvr_jax.models.transformer import abstract_model
+from rlvr_jax.tokenizer import left_pad
 
 # The byte-level tiny tokenizer has no multi-letter tokens: single letters stand in for YES / NO.
 TINY = W.JudgeConfig(
@@ -214,3 +215,24 @@ def test_real_default_model_p_yes_matches_transformers(default_model_dir):
     ref_yes, ref_no = hf_p_yes(hf, prompt.ids, np.asarray(judge.yes_ids), np.asarray(judge.no_ids))
     assert abs(ours.p_yes[0] - ref_yes) <= 1e-4 and abs(ours.p_no[0] - ref_no) <= 1e-4
     assert ref_yes + ref_no > 1e-3  # the spellings carry real mass: the check is not vacuous
+
+
+def test_shared_prefix_path_equals_full_forward(tiny):
+    """Rows sharing the template prefix are scored with the prefix computed once; the result is
+    the full forward's. A row that lost the prefix (tail kept) takes the full path in the same
+    call."""
+    _, judge = tiny
+    prompts = judge.prompts(*zip(*ROWS, strict=True))
+    lp = len(judge.prefix_ids)
+    assert lp > 5 and all(p.ids[:lp] == judge.prefix_ids for p in prompts)
+    tail = W.JudgePrompt(prompts[0].ids[lp + 3 :])  # no longer starts with the prefix
+    got = judge.score_prompts(prompts + [tail])
+    seqs = [p.ids for p in prompts + [tail]]
+    ids, mask = left_pad(seqs, max(map(len, seqs)), judge.tok.pad_id)
+    valid = jnp.ones(len(seqs), bool)
+    full = W.judge_scores(
+        judge.graphdef, judge.state, ids, mask, judge.yes_ids, judge.no_ids, valid
+    )
+    np.testing.assert_allclose(got.p_yes, np.asarray(full.p_yes), atol=1e-6)
+    np.testing.assert_allclose(got.p_no, np.asarray(full.p_no), atol=1e-6)
+    np.testing.assert_array_equal(got.greedy, np.asarray(full.greedy))

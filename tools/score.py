@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from rlvr_jax.models.model_dir import load_model
 
     try:
-        buckets = tuple(b for b in (128, 256, 512, 1024, 2048) if b < args.max_prompt_len)
+        buckets = tuple(b for b in W.JudgeConfig.buckets if b < args.max_prompt_len)
         cfg = W.JudgeConfig(
             template=args.template,
             system=W.SYSTEM_MESSAGE if args.template != "short" else None,
