@@ -26,12 +26,12 @@ def build_mesh(cfg: Any, mesh_flag: str | None = None) -> jax.sharding.Mesh:
     return mesh_lib.make_mesh(shape)
 
 
-def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
-    """A tiny random model over the synthetic word tokenizer, born sharded on `mesh`."""
+def synthetic_config(cfg: Any) -> ModelConfig:
+    """The ModelConfig of the tiny random policy (config policy.tiny, synthetic vocabulary)."""
     tok = synthetic.make_tokenizer()
     t = cfg.policy.tiny
     heads = int(t.num_heads)
-    mcfg = ModelConfig(
+    return ModelConfig(
         model_type="llama",
         vocab_size=tok.vocab_size,
         hidden_size=int(t.hidden_size),
@@ -45,8 +45,13 @@ def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
         pad_token_id=tok.pad_id,
         dtype=str(cfg.policy.dtype),
     )
+
+
+def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
+    """A tiny random model over the synthetic word tokenizer, born sharded on `mesh`."""
+    mcfg = synthetic_config(cfg)
     graphdef, state = mesh_lib.init_sharded(mcfg, mesh, mesh_lib.TRAIN_RULES, int(cfg.seed))
-    return LoadedModel(mcfg, graphdef, state, tok)
+    return LoadedModel(mcfg, graphdef, state, synthetic.make_tokenizer())
 
 
 def resolve_model_dir(spec: str) -> Path:
@@ -77,6 +82,22 @@ def load_sharded(
         mcfg = mcfg.replace(dtype=dtype)
     shardings = mesh_lib.param_shardings(abstract_model(mcfg)[1], mesh, rules)
     return load_model(model_dir, dtype=dtype, shardings=shardings)
+
+
+def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
+    """(policy, judge or None) ModelConfigs from the config, without loading any weights."""
+    from rlvr_jax.models.model_dir import load_config
+
+    if cfg.policy.model == "synthetic":
+        policy = synthetic_config(cfg)
+    else:
+        policy = load_config(resolve_model_dir(cfg.policy.model))
+        policy = policy.replace(dtype=str(cfg.policy.dtype))
+    spec = str(cfg.judge.model)
+    judge = (
+        None if not spec else policy if spec == "policy" else load_config(resolve_model_dir(spec))
+    )
+    return policy, judge
 
 
 def build_policy(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:

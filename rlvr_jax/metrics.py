@@ -38,18 +38,19 @@ class MetricsWriter:
     reads exactly like an uninterrupted run's.
     """
 
-    def __init__(self, workdir: str | Path, tensorboard: bool = True):
+    def __init__(self, workdir: str | Path, tensorboard: bool = True, enabled: bool = True):
         self.path = Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self._tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(workdir) / "tb"))
 
     def truncate_after(self, step: int) -> None:
         """Keep only records with record["step"] <= step (rewritten atomically)."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         keep = [
             ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
@@ -65,6 +66,8 @@ class MetricsWriter:
             s = _scalar(v)
             if s is not None:
                 rec[k] = s if not (isinstance(s, float) and not math.isfinite(s)) else str(s)
+        if not self.enabled:
+            return rec
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         if self._tb is not None:

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, losses, update
+from rlvr_jax import builders, checkpoint, data, losses, memory, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.metrics import MetricsWriter, plot_curves
@@ -52,6 +52,13 @@ class Run:
     train_step: Any
     ref_logprobs: Any
     step_cfg: update.StepConfig
+
+    def sample_params(self, params: Any) -> Any:
+        """Params in the sampling layout: whole over fsdp (decode would otherwise all-gather every
+        weight at every token); the same arrays when the two layouts agree (fsdp = 1)."""
+        if self.mesh.shape["fsdp"] == 1:
+            return params
+        return mesh_lib.reshard(params, self.mesh, mesh_lib.SAMPLE_RULES)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -101,6 +108,11 @@ def restore_checkpoint(run: Run, state: update.TrainState, step: int) -> update.
 # --------------------------------------------------------------------------- building
 
 
+def _plan_args(cfg: Any, mesh: jax.sharding.Mesh) -> tuple:
+    policy_cfg, judge_cfg = builders.model_configs(cfg)
+    return policy_cfg, memory.RunShape.from_config(cfg), mesh, judge_cfg
+
+
 def _on_mesh(x: jax.Array, mesh: jax.sharding.Mesh) -> jax.sharding.Sharding:
     """x's sharding if it is already laid out on `mesh`, else replicated over it (scalars, keys)."""
     s = x.sharding
@@ -111,6 +123,11 @@ def _on_mesh(x: jax.Array, mesh: jax.sharding.Mesh) -> jax.sharding.Sharding:
 
 def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, update.TrainState]:
     mesh = builders.build_mesh(cfg, mesh_flag)
+    # Plan memory per device before loading or compiling anything: a run that cannot fit stops
+    # here with the largest term named, not in an out-of-memory error minutes later.
+    plan = memory.plan_memory(*_plan_args(cfg, mesh))
+    (workdir / "memory_plan.txt").write_text(plan.table() + "\n")
+    memory.check_fits(plan, memory.device_memory_bytes())
     policy = builders.build_policy(cfg, mesh)
     train = builders.build_examples(cfg, "train")
     print(train.summary(), file=sys.stderr)
@@ -191,7 +208,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     ro, t_roll = _timed(
         lambda: generate(
             run.policy.graphdef,
-            state.params,
+            run.sample_params(state.params),
             ids,
             pmask,
             key,
@@ -286,7 +303,7 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
     ids, pmask = _prompts(run, run.test_examples)
     ro = generate(
         run.policy.graphdef,
-        state.params,
+        run.sample_params(state.params),
         ids,
         pmask,
         jax.random.PRNGKey(0),
@@ -314,15 +331,25 @@ def train(
 
     stop_after: return after this many steps of this call (tests use it to emulate a kill).
     """
-    from tqdm import tqdm
-
     if cfg.mesh.distributed:
         mesh_lib.initialize_distributed(cfg.mesh)
     workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     run, state = build(cfg, workdir, mesh_flag)
-    writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
+    # Inside the mesh context the model's activation-row constraints apply (see mesh.py).
+    with jax.set_mesh(run.mesh):
+        return _loop(run, state, stop_after)
+
+
+def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[dict]:
+    from tqdm import tqdm
+
+    cfg, workdir = run.cfg, run.workdir
+    # Every process runs the same steps; only process 0 writes metrics.
+    writer = MetricsWriter(
+        workdir, tensorboard=bool(cfg.train.tensorboard), enabled=jax.process_index() == 0
+    )
     first = latest_checkpoint(workdir) or 0
     if first:
         state = restore_checkpoint(run, state, first)
@@ -392,7 +419,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config configs/econ.py")
     try:
         train(cfg, _WORKDIR.value, _MESH.value)
-    except (data.DataError, mesh_lib.MeshError, checkpoint.CheckpointError, RunStopped) as e:
+    except (
+        data.DataError,
+        mesh_lib.MeshError,
+        memory.MemoryPlanError,
+        checkpoint.CheckpointError,
+        RunStopped,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -198,3 +198,16 @@ def test_mesh_run_equals_single_device(tmp_path):
         assert a["reward/raw_mean"] == b["reward/raw_mean"]  # identical samples
         for k in ("train/loss", "train/grad_norm", "train/entropy"):
             assert abs(a[k] - b[k]) <= 1e-5, (k, a[k], b[k])
+
+
+def test_run_that_cannot_fit_stops_before_compiling(tmp_path):
+    cfg = _cfg(
+        rollout__prompts_per_step=4096,
+        rollout__max_new_tokens=8192,
+        rollout__max_prompt_len=8192,
+        optim__micro_batch=32768,
+    )
+    with pytest.raises(train.memory.MemoryPlanError, match="Largest term: train_activations"):
+        train.train(cfg, tmp_path)
+    assert (tmp_path / "memory_plan.txt").is_file()
+    assert not (tmp_path / "metrics.jsonl").exists()
