@@ -3,11 +3,17 @@
 Host side (`encode_prompt`, `pad_prompts`, `sample_prompts`) tokenizes and pads; the device side
 is two jitted pure functions over (graphdef, state):
 
-- prefill: B left-padded prompts [B,P] written into a fresh KV cache of S = P + L slots, returning
-  the next-token logits at the last slot only (the full [B,P,V] logits are never built);
-- decode: the prompt caches are repeated for the G samples of each prompt (`KVCache.repeat`), then a
-  `lax.while_loop` samples one token per step for all N = B*G rows and stops as soon as every row
-  has emitted a stop token (or after L tokens). The cache is donated, so XLA updates it in place.
+- prefill: B left-padded prompts [B,P] written into a fresh KV cache of S = P + L slots; only the
+  last position is projected to the vocabulary (no [B,P,V] logits). Each prompt is computed once
+  and its cache repeated for its G samples (`KVCache.repeat`), giving N = B*G rows;
+- decode: a `lax.while_loop` samples one token per step for all N rows and stops as soon as every
+  row has emitted a stop token (or after L tokens). The cache is donated and carried through the
+  loop, so XLA updates it in place; the weights are read in place (no per-step copies: layers are
+  unrolled, see models/transformer.py).
+
+Sampling costs little next to the forward: greedy is an argmax; temperature sampling draws one
+uniform per row and inverts the CDF (not N*V Gumbel draws); top-k uses `lax.top_k`; top-p alone
+finds its threshold by bisection instead of sorting the vocabulary.
 
 Shapes are fixed per (B, P, L): callers pad prompts to a few length buckets (`PROMPT_BUCKETS`), so
 a training run compiles once per bucket.

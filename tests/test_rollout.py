@@ -347,3 +347,24 @@ def test_inverse_cdf_draws_match_probabilities():
     assert (freq[p == 0] == 0).all()
     # Binomial standard error per token; 5 sigma everywhere.
     assert (np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-9).all()
+
+
+def test_decode_loop_copies_no_weights():
+    """The compiled decode loop reads weights in place: no copy or transpose of any weight-shaped
+    array (a scan over stacked layers, for one, would copy every layer's weights every step)."""
+    import re
+
+    from rlvr_jax.models.transformer import init_model
+
+    cfg = ModelConfig("llama", 256, 64, 128, 2, 4, 2, 16, tie_word_embeddings=True)
+    graphdef, state = init_model(cfg)
+    ids, mask, _ = R.pad_prompts([[1, 2, 3]], 0, (8,))
+    cache, first = jax.eval_shape(lambda s: R.prefill(graphdef, s, ids, mask, 16, 2), state)
+    sc = R.SamplingConfig(8, 1.0)
+    args = (graphdef, state, cache, first, np.repeat(mask, 2, 0), jax.random.key(0), sc)
+    hlo = R.decode.lower(*args).compile().as_text()
+    weights = {tuple(x.shape) for x in jax.tree.leaves(state) if x.ndim > 1}
+    weights |= {s[::-1] for s in weights}
+    moved = re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} (?:copy|transpose)\(", hlo)
+    assert moved, "the pattern should see the (small) activation copies"
+    assert not weights & {tuple(int(d) for d in m.split(",")) for m in moved}
