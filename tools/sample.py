@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat-template", action="store_true")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per jitted call")
+    p.add_argument("--mesh", default="-1,1,1", help="device mesh DATA,FSDP,TENSOR (-1: the rest)")
     return p.parse_args(argv)
 
 
@@ -85,19 +86,28 @@ def run(args: argparse.Namespace) -> int:
     import jax
     from tqdm import tqdm
 
+    from rlvr_jax import mesh as mesh_lib
     from rlvr_jax import rollout as R
+    from rlvr_jax.builders import load_sharded
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.models.config import ConfigError
-    from rlvr_jax.models.model_dir import load_model
 
     try:
         sc = R.SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     except ValueError as e:
         raise RowError(f"sampling options: {e}") from None
     try:
-        m = load_model(args.model)
+        mesh = mesh_lib.make_mesh(args.mesh)
+    except mesh_lib.MeshError as e:
+        raise RowError(str(e)) from None
+    try:
+        m = load_sharded(args.model, mesh, rules=mesh_lib.SAMPLE_RULES)
     except (ConfigError, CheckpointError, OSError) as e:
         raise RowError(f"--model: {e}") from None
+    # Prompt rows over the mesh's batch axes when they divide the batch (else replicated).
+    rows_sharding = None
+    if args.batch_size % mesh_lib.batch_size_multiple(mesh) == 0:
+        rows_sharding = mesh_lib.batch_sharding(mesh, (args.batch_size,))
     tok = m.tokenizer
     seqs = []
     for (where, _), p in zip(rows, prompts, strict=True):
@@ -113,14 +123,17 @@ def run(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
     cut = 0
     bs = args.batch_size
-    with tqdm(total=len(seqs), desc="sampling", unit="prompt", file=sys.stderr) as bar:
+    with (
+        jax.set_mesh(mesh),
+        tqdm(total=len(seqs), desc="sampling", unit="prompt", file=sys.stderr) as bar,
+    ):
         for b, s in enumerate(range(0, len(order), bs)):
             idx = order[s : s + bs]
             ids, mask, c = R.pad_prompts([seqs[i] for i in idx], tok.pad_id, batch=bs)
             cut += c
             ro = R.generate(
                 m.graphdef, m.state, ids, mask, jax.random.fold_in(key, b), sc, args.n,
-                stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                stop_ids=tok.stop_ids, pad_id=tok.pad_id, batch_sharding=rows_sharding,
             )  # fmt: skip
             flat = R.completions_from(ro, tok, len(idx) * args.n)
             for j, i in enumerate(idx):

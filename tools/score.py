@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-prompt-len", type=int, default=1024, help="judge prompt token budget")
     p.add_argument("--batch-size", type=int, default=16, help="judge prompts per jitted call")
     p.add_argument("--math", action="store_true", help="also score math equivalence")
+    p.add_argument("--mesh", default="-1,1,1", help="device mesh DATA,FSDP,TENSOR (-1: the rest)")
     return p.parse_args(argv)
 
 
@@ -55,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise RowError("--batch-size must be >= 1")
 
+    import jax
     from tqdm import tqdm
 
+    from rlvr_jax import mesh as mesh_lib
     from rlvr_jax import reward as W
+    from rlvr_jax.builders import load_sharded
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.models.config import ConfigError
-    from rlvr_jax.models.model_dir import load_model
 
     try:
         buckets = tuple(b for b in W.JudgeConfig.buckets if b < args.max_prompt_len)
@@ -74,8 +77,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise RowError(f"judge options: {e}") from None
     try:
-        m = load_model(args.judge)
-        judge = W.Judge(m.graphdef, m.state, m.tokenizer, cfg)
+        mesh = mesh_lib.make_mesh(args.mesh)
+    except mesh_lib.MeshError as e:
+        raise RowError(str(e)) from None
+    rows_sharding = None
+    if args.batch_size % mesh_lib.batch_size_multiple(mesh) == 0:
+        rows_sharding = mesh_lib.batch_sharding(mesh, (args.batch_size,))
+    try:
+        m = load_sharded(args.judge, mesh)
+        judge = W.Judge(m.graphdef, m.state, m.tokenizer, cfg, rows_sharding)
     except (ConfigError, CheckpointError, OSError) as e:
         raise RowError(f"--judge: {e}") from None
     except ValueError as e:  # no single-token YES/NO spelling in the judge's vocabulary
@@ -86,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
             prompts.append(W.build_judge_prompt(m.tokenizer, q, r, a, cfg))
         except (KeyError, IndexError, ValueError) as e:  # a custom template with bad fields
             raise RowError(f"{where}: --template does not format: {e!r}") from None
-    with tqdm(total=len(prompts), desc="judging", unit="row", file=sys.stderr) as bar:
+    with (
+        jax.set_mesh(mesh),
+        tqdm(total=len(prompts), desc="judging", unit="row", file=sys.stderr) as bar,
+    ):
         res = judge.score_prompts(prompts, progress=bar.update)
 
     def out_rows():
