@@ -141,6 +141,7 @@ def test_results_file_layout(run):
     table = paths["table"].read_text()
     assert table == on_disk["table"] and "| economics | 3 |" in table and "field average" in table
     assert not list(out.parent.glob("*.tmp"))  # atomic writes leave no temporary files
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in paths.values())
 
 
 def test_per_subject_numbers_equal_recomputation_from_rows(run):
