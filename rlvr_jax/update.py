@@ -169,12 +169,17 @@ def _head_stats(graphdef, params, hidden, targets, temperature, with_entropy):
     logits = lm_logits(graphdef, params, hidden)
     if temperature != 1.0:
         logits = logits / temperature
-    lse = jax.nn.logsumexp(logits, axis=-1)
+    # logsumexp written out so that the entropy reuses the same exp(logits - max): one pass
+    # over the [N,C,V] logits instead of two. The max is a constant for the gradient (exact).
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.exp(logits - peak)
+    total = jnp.sum(e, axis=-1)
+    lse = peak[..., 0] + jnp.log(total)
     logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse
     ent = None
     if with_entropy:
-        sg = jax.lax.stop_gradient(logits)
-        ent = jax.lax.stop_gradient(lse) - jnp.sum(jax.nn.softmax(sg, axis=-1) * sg, axis=-1)
+        mean_logit = jnp.sum(e * logits, axis=-1) / total  # E_p[logit]
+        ent = jax.lax.stop_gradient(lse - mean_logit)
     return logp, ent
 
 

@@ -1,0 +1,75 @@
+"""Distil the default judge: SmolLM2-135M-Instruct fine-tuned on YES/NO verdicts for economics.
+
+`python -m rlvr_jax.distill --config configs/judge_econ.py [--workdir DIR]`. The student is
+`judge.model`; the teachers are the labelled rows of every shipped domain's TRAIN split
+(reference and rephrasings YES; distractors and other questions' answers NO), plus master-key
+negatives; it is evaluated on the economics TEST questions, which never enter training.
+Variants: `:smoke` (a minute or two on a CPU, for checking the pipeline) and `:teacher` (the
+paper's recipe: a judge model labels a policy's on-policy rollouts; for accelerators).
+"""
+
+import ml_collections
+
+from configs import base
+
+DOMAINS = ("economics", "psychology", "education", "medicine", "chemistry")
+
+
+def get_config(arg: str | None = None):
+    c = base.get_config()
+    c.name = "judge_econ"
+    c.judge.model = "default"  # the student (the starting model)
+    c.judge.template = "short"  # reward.py's short prompt: what configs/econ.py scores with
+    c.judge.max_prompt_len = 512
+    c.data.train = tuple(f"data/{d}/train.jsonl" for d in DOMAINS)
+    c.data.test = ("data/economics/test.jsonl",)
+    c.data.system_prompt = ""  # the policy's system prompt is not part of a judge prompt
+
+    c.distill = ml_collections.ConfigDict()
+    # Teachers: "data" (labelled rows), "math" (math-verify on generated math questions),
+    # "judge" (a judge model on a policy's rollouts; see the teacher_* fields).
+    c.distill.teachers = ("data",)
+    c.distill.questions_per_source = 0  # 0: every training question of each source
+    c.distill.other_answers = 1  # per question: other questions' references labelled NO
+    c.distill.yes_forms = 1  # each YES answer written in this many final-line forms
+    c.distill.probes_per_question = 2  # master-key negatives per question
+    c.distill.probe_kinds = ()  # () = every kind in probes.PROBES
+    c.distill.math_questions = 0  # for the "math" teacher
+    c.distill.teacher_judge = ""  # a judge model directory for the "judge" teacher
+    c.distill.teacher_policy = "default"  # whose rollouts the teacher judges
+    c.distill.teacher_prompts = 64
+    c.distill.teacher_samples = 4
+    c.distill.teacher_max_new_tokens = 128
+    c.distill.epochs = 2
+    c.distill.batch_tokens = 2048  # suffix tokens per SFT batch (prefixes come on top)
+    c.distill.max_suffixes = 16  # candidates sharing one prefix copy
+    c.distill.merge_tokens = 3000  # merge shape buckets when that adds fewer padded tokens
+    c.distill.class_balance = True  # YES and NO rows weigh the same in the loss in total
+    c.distill.eval_probes_per_question = 8  # 0: every probe on every held-out question
+    c.distill.heldout_questions = 0  # 0: every held-out question
+    c.distill.eval_each_epoch = False  # also evaluate on the held-out rows after each epoch
+    c.distill.cache_layer = -1  # -1: cache at the lowest trained block; k: at block k (lower)
+
+    c.optim.train_layers = 4  # top blocks trained; the rest is frozen and cached
+    c.optim.lr = 1e-4
+    c.optim.warmup_frac = 0.05
+    c.optim.min_lr_ratio = 0.1
+    c.optim.weight_decay = 0.0  # (optax masks decay by ndim; keep 0 for the trained norms)
+    c.train.ckpt_every = 50
+    c.train.keep_ckpts = 2
+    c.train.export_hf = True
+    if arg == "smoke":
+        c.name = "judge_econ_smoke"
+        c.distill.questions_per_source = 12
+        c.distill.epochs = 1
+        c.distill.eval_probes_per_question = 2
+        c.distill.heldout_questions = 10
+        c.optim.train_layers = 2
+        c.train.ckpt_every = 5
+    elif arg == "teacher":
+        c.name = "judge_econ_teacher"
+        c.distill.teachers = ("data", "judge")
+        c.distill.teacher_judge = "default"  # replace by a strong judge's model directory
+    elif arg:
+        raise ValueError(f"configs/judge_econ.py: unknown variant {arg!r} (smoke, teacher)")
+    return c

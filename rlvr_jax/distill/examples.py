@@ -1,0 +1,165 @@
+"""Judge training rows from teachers, and the held-out evaluation rows.
+
+A row is a dict in the judgment-file layout of probes.py / tools/score.py: {id, question,
+reference, response, label ("YES"/"NO"), subject, field, kind} plus `teacher` (who gave the label).
+Teachers (PAPER.md, "Judge distillation"; issue 6):
+
+- `labelled_rows`: the data's own labels. The reference and its rephrasings are YES; the
+  distractors and other questions' references are NO; all written as a policy's final line in
+  varied forms.
+- `math_rows`: the rule verifier (math-verify) labels the candidate answers of generated math
+  questions: the label is whatever the verifier says, not how the candidate was made.
+- `judge_rows` (distill/teacher_judge.py): a judge model labels a policy's on-policy rollouts.
+- `master_key_rows`: content-free and truncated responses (probes.PROBES) labelled NO, always
+  added (arXiv 2507.08794).
+
+Held-out rows (`heldout_rows`) come from test questions, which `check_no_leak` keeps out of
+training: probes.answer_rows (reference/rephrasings YES, distractors NO) plus every probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from rlvr_jax import probes
+from rlvr_jax.data import Example
+
+# Final-line forms besides probes.ANSWER_FORMS, so that the judge does not learn one phrasing
+# (the held-out rows use ANSWER_FORMS only).
+EXTRA_FORMS: tuple[str, ...] = (
+    "The answer is {}.",
+    "Final answer: {}",
+    "**Answer:** {}",
+    "{}",
+    "Thus, the answer is {}.",
+    "Therefore, the final answer is {}.",
+    "So the answer is **{}**.",
+    "We compute step by step.\nTherefore, the answer is {}",
+)
+TRAIN_FORMS = probes.ANSWER_FORMS + EXTRA_FORMS
+
+
+class LeakError(ValueError):
+    """A held-out question appears in the training rows."""
+
+
+def _norm(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+def _row(ex: Example, response: str, label: str, kind: str, k: int, teacher: str) -> dict:
+    return {
+        "id": f"{ex.id}/{kind}/{k}",
+        "question": ex.question,
+        "reference": ex.reference,
+        "response": response,
+        "label": label,
+        "subject": ex.subject,
+        "field": ex.field,
+        "kind": kind,
+        "teacher": teacher,
+    }
+
+
+def _form(answer: str, rng: np.random.Generator) -> str:
+    return TRAIN_FORMS[int(rng.integers(len(TRAIN_FORMS)))].format(answer)
+
+
+def labelled_rows(
+    examples: Sequence[Example], seed: int, other_answers: int = 1, yes_forms: int = 1
+) -> list[dict]:
+    """Rows labelled by the data: per question, the reference and rephrasings (YES, each in
+    `yes_forms` forms), the distractors (NO) and `other_answers` references of other questions
+    of the same subject (NO; harder than random ones). Same seed, same rows."""
+    rng = np.random.default_rng([seed, 1])
+    by_subject: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_subject.setdefault(ex.subject, []).append(i)
+    rows = []
+    for i, ex in enumerate(examples):
+        yes = [ex.reference, *ex.rephrasings]
+        for k, a in enumerate(yes * yes_forms):
+            kind = "reference" if k % len(yes) == 0 else "rephrasing"
+            rows.append(_row(ex, _form(a, rng), "YES", kind, k, "data"))
+        for k, a in enumerate(ex.distractors):
+            rows.append(_row(ex, _form(a, rng), "NO", "distractor", k, "data"))
+        own = {_norm(a) for a in yes}
+        pool = [j for j in by_subject[ex.subject] if j != i]
+        picked = 0
+        for j in rng.permutation(pool).tolist():
+            if picked == other_answers:
+                break
+            other = examples[j].reference
+            if _norm(other) in own:  # two questions with the same answer: not a negative
+                continue
+            rows.append(_row(ex, _form(other, rng), "NO", "other_answer", picked, "data"))
+            picked += 1
+    return rows
+
+
+def math_rows(examples: Sequence[Example], seed: int) -> list[dict]:
+    """Candidates of math questions (reference, rephrasings, distractors, in varied forms)
+    labelled by math-verify against the reference: the rule verifier is the teacher."""
+    from math_verify import parse, verify
+
+    rng = np.random.default_rng([seed, 2])
+    rows = []
+    for ex in examples:
+        gold = parse(f"${ex.reference}$")
+        for k, a in enumerate([ex.reference, *ex.rephrasings, *ex.distractors]):
+            response = _form(a, rng)
+            ok = bool(gold) and bool(verify(gold, parse(response.splitlines()[-1])))
+            rows.append(_row(ex, response, "YES" if ok else "NO", "math", k, "math-verify"))
+    return rows
+
+
+def master_key_rows(
+    examples: Sequence[Example], seed: int, per_question: int, kinds: Sequence[str] | None = None
+) -> list[dict]:
+    """`per_question` master-key probes per question, drawn from `kinds` (default: all of
+    probes.PROBES), labelled NO."""
+    kinds = list(probes.PROBES) if kinds is None or not len(kinds) else list(kinds)
+    rng = np.random.default_rng([seed, 3])
+    rows = []
+    for ex in examples:
+        take = min(per_question, len(kinds))
+        for k in rng.choice(len(kinds), size=take, replace=False).tolist():
+            for r in probes.probe_rows([ex], [kinds[k]]):
+                r["teacher"] = "master-key"
+                rows.append(r)
+    return rows
+
+
+def heldout_rows(examples: Sequence[Example], seed: int) -> list[dict]:
+    """Evaluation rows of held-out questions: probes.answer_rows (reference and rephrasings YES,
+    distractors NO, in probes.ANSWER_FORMS) and every master-key probe (NO)."""
+    rows = probes.answer_rows(examples, seed=seed) + probes.probe_rows(examples)
+    for r in rows:
+        r["teacher"] = "master-key" if r["kind"].startswith("probe:") else "data"
+    return rows
+
+
+def drop_heldout(examples: Iterable[Example], heldout: Iterable[Example]) -> list[Example]:
+    """Training examples minus any whose question is a held-out question (same text up to case
+    and spacing), so that shared questions between files can never leak."""
+    held = {_norm(ex.question) for ex in heldout}
+    return [ex for ex in examples if _norm(ex.question) not in held]
+
+
+def check_no_leak(train_rows: Iterable[dict], heldout: Iterable[Example]) -> None:
+    """Raise LeakError if any training row asks a held-out question."""
+    held = {_norm(ex.question) for ex in heldout}
+    for r in train_rows:
+        if _norm(r["question"]) in held:
+            raise LeakError(f"training row {r['id']} asks held-out question {r['question']!r:.80}")
+
+
+def label_counts(rows: Iterable[dict]) -> dict[str, int]:
+    """{"YES": n, "NO": m, "teacher:<name>": k, ...}, for the run's summary."""
+    out: dict[str, int] = {}
+    for r in rows:
+        for key in (r["label"], f"teacher:{r['teacher']}"):
+            out[key] = out.get(key, 0) + 1
+    return out

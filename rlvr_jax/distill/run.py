@@ -1,0 +1,392 @@
+"""One distillation run: teachers -> judge rows -> cached bottom -> SFT of the top -> evaluation.
+
+Rerunning with the same work directory resumes: the activation caches are read back from disk,
+the SFT state from its last checkpoint, and the metrics file is cut to that step, so the run
+continues exactly as an uninterrupted one would (batch order is a function of seed and epoch).
+Artifacts in WORKDIR: judge/ (model directory), judge_hf/ (Hugging Face export), results.json,
+heldout_table.md, metrics.jsonl, checkpoints/, activations/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlvr_jax import builders, checkpoint, data, update
+from rlvr_jax.distill import cache as act_cache
+from rlvr_jax.distill import evaluation, examples, prompts, sft, units
+from rlvr_jax.distill import split_model as sm
+from rlvr_jax.metrics import MetricsWriter
+from rlvr_jax.models.model_dir import load_model, save_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_source(src: str) -> str:
+    """A data source as given, or relative to the repository when it is not found from here."""
+    if src.startswith("math:") or Path(src).exists() or Path(src).is_absolute():
+        return src
+    return str(REPO_ROOT / src) if (REPO_ROOT / src).exists() else src
+
+
+def load_questions(cfg: Any) -> tuple[list[data.Example], list[data.Example]]:
+    """(training questions, held-out questions); any training question that is also held out is
+    dropped. distill.questions_per_source > 0 keeps the first K questions of each source."""
+    system = str(cfg.data.system_prompt) or None
+    limit = int(cfg.distill.questions_per_source) or None
+    load = lambda src, split, lim: (
+        data.load_examples(
+            resolve_source(src),
+            split,
+            on_error=str(cfg.data.bad_rows),
+            system_prompt=system,
+            limit=lim,
+        ).examples
+    )
+    held = [ex for src in cfg.data.test for ex in load(src, "test", None)]
+    held = held[: int(cfg.distill.heldout_questions) or None]
+    train = [ex for src in cfg.data.train for ex in load(src, "train", limit)]
+    return examples.drop_heldout(train, held), held
+
+
+def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) -> list[dict]:
+    """Training rows from the teachers named in distill.teachers, plus master-key negatives."""
+    d, seed = cfg.distill, int(cfg.seed)
+    rows, asked = [], list(train)
+    for t in d.teachers:
+        if t == "data":
+            rows += examples.labelled_rows(train, seed, int(d.other_answers), int(d.yes_forms))
+        elif t == "math":
+            src = f"math:{int(d.math_questions)}:{seed}"
+            maths = data.load_examples(src, "train", system_prompt=None).examples
+            maths = examples.drop_heldout(maths, held)
+            rows += examples.math_rows(maths, seed)
+            asked += maths
+        elif t == "judge":
+            from rlvr_jax.distill import teacher_judge
+
+            rows += teacher_judge.judge_rows(cfg, train)
+        else:
+            raise ValueError(f"config distill.teachers: unknown teacher {t!r} (data, math, judge)")
+    rows += examples.master_key_rows(asked, seed, int(d.probes_per_question), list(d.probe_kinds))
+    examples.check_no_leak(rows, held)
+    return rows
+
+
+def eval_rows(cfg: Any, held: list[data.Example]) -> list[dict]:
+    """Held-out rows; with distill.eval_probes_per_question = k > 0, k probe kinds per question
+    (drawn once from the seed) instead of every probe."""
+    rows = examples.heldout_rows(held, int(cfg.seed))
+    k = int(cfg.distill.eval_probes_per_question)
+    if k <= 0:
+        return rows
+    rng = np.random.default_rng([int(cfg.seed), 4])
+    kept, picks = [], {}
+    for r in rows:
+        if r["kind"].startswith("probe:"):
+            if r["question"] not in picks:
+                kinds = sorted({x["kind"] for x in rows if x["kind"].startswith("probe:")})
+                picks[r["question"]] = set(
+                    rng.choice(kinds, size=min(k, len(kinds)), replace=False)
+                )
+            if r["kind"] not in picks[r["question"]]:
+                continue
+        kept.append(r)
+    return kept
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Rows with their judge prompts, bucketed; `cache` holds their split-layer states."""
+
+    rows: list[dict]
+    empty: np.ndarray
+    buckets: list[units.Bucket]
+    batches: list[units.Batch]
+    cache: act_cache.Cache | None = None
+
+
+def prepare(rows, tok, jcfg, cfg, drop_empty: bool) -> Prepared:
+    ids, empty = prompts.prompt_ids(tok, rows, jcfg)
+    if drop_empty:  # the scorer forces these to 0 whatever the judge says: nothing to learn
+        keep = [i for i, e in enumerate(empty) if not e]
+        rows, ids, empty = [rows[i] for i in keep], [ids[i] for i in keep], [False] * len(keep)
+    d = cfg.distill
+    keys = [(r["question"], r["reference"]) for r in rows]
+    buckets = units.build_buckets(ids, keys, tok.pad_id, int(d.max_suffixes), int(d.merge_tokens))
+    batches = units.sequential_batches(buckets, int(d.batch_tokens))
+    return Prepared(rows, np.asarray(empty, bool), buckets, batches)
+
+
+def fill_cache(p: Prepared, name: str, model, split: int, workdir: Path, model_id: str) -> None:
+    from tqdm import tqdm
+
+    key = act_cache.cache_key(model_id, split, p.buckets)
+    folder = workdir / "activations"
+    p.cache = act_cache.load(folder, f"{name}-{key}", len(p.buckets))
+    if p.cache is not None:
+        print(f"rlvr_jax: {name} activations read from {folder}", file=sys.stderr)
+        return
+    real, padded = units.token_count(p.buckets, p.batches)
+    desc = f"{name}: layers 0-{split} once ({real} tokens, {padded} padded)"
+    with tqdm(total=len(p.rows), desc=desc, unit="row", file=sys.stderr) as bar:
+        p.cache = act_cache.compute(
+            model.graphdef, model.state, split, p.buckets, p.batches, bar.update
+        )
+    act_cache.save(folder, f"{name}-{key}", p.cache)
+
+
+def score_rows(graphdef, state, split, p: Prepared, yes, no) -> dict[str, np.ndarray]:
+    """p_yes, p_no, greedy [n_rows] of every row of `p`, from its cached split-layer states."""
+    n = len(p.rows)
+    out = {"p_yes": np.zeros(n), "p_no": np.zeros(n), "greedy": np.zeros(n, np.int64)}
+    for bt in p.batches:
+        b = p.buckets[bt.bucket]
+        h = act_cache.hidden_batch(b, p.cache[bt.bucket], bt)
+        res = jax.device_get(sm.score(graphdef, state, split, h, yes, no))
+        rows = b.rows[bt.suffixes[bt.valid]]
+        for k in out:
+            out[k][rows] = np.asarray(res[k])[bt.valid]
+    return out
+
+
+def _line(fig: dict) -> str:
+    return " ".join(f"{k}={fig[k]:.3f}" for k, _, _ in evaluation.REPORTED)
+
+
+def _scalars(figures: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in figures.items() if isinstance(v, int | float)}
+
+
+def _ckpt_dir(workdir: Path) -> Path:
+    return workdir / "checkpoints"
+
+
+def _latest(workdir: Path) -> int:
+    d = _ckpt_dir(workdir)
+    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
+    return max(steps, default=0)
+
+
+def _save_ckpt(workdir: Path, st: sft.SFTState, step: int, keep: int) -> None:
+    checkpoint.save_pytree(_ckpt_dir(workdir) / str(step), {"leaves": jax.tree.leaves(st)})
+    done = sorted(int(p.name) for p in _ckpt_dir(workdir).iterdir() if p.name.isdigit())
+    for old in done[:-keep]:
+        shutil.rmtree(_ckpt_dir(workdir) / str(old), ignore_errors=True)
+
+
+def _restore_ckpt(workdir: Path, st: sft.SFTState, step: int) -> sft.SFTState:
+    leaves, treedef = jax.tree.flatten(st)
+    abstract = {"leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]}
+    got = checkpoint.restore_pytree(_ckpt_dir(workdir) / str(step), abstract)
+    return jax.tree.unflatten(treedef, got["leaves"])
+
+
+class _CpuMeter:
+    """Wall time and the CPU share other processes took meanwhile (from /proc/stat), so that a
+    slow run on a shared machine can be told from a slow program."""
+
+    def __init__(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), time.process_time()
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except OSError:
+            return float("nan")
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        own = time.process_time() - self.own0
+        other = max(self._busy() - self.busy0 - own, 0.0)
+        return {
+            "wall_s": wall,
+            "own_cpu_s": own,
+            "others_cpu_share": other / (wall * os.cpu_count()),
+        }
+
+
+def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None = None) -> dict:
+    """Run (or resume) the distillation of `cfg` in `workdir`; returns results.json's content.
+
+    stop_after: return after this many SFT steps of this call (tests use it to emulate a kill).
+    """
+    from rich.console import Console
+    from tqdm import tqdm
+
+    meter, phases = _CpuMeter(), {}
+    workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    if (workdir / "results.json").is_file() and (workdir / "judge").is_dir():
+        print(f"rlvr_jax: {workdir} holds a finished distillation", file=sys.stderr)
+        return json.loads((workdir / "results.json").read_text())
+    if cfg.judge.model == "distilled":
+        raise ValueError("config judge.model: the starting model cannot be the distilled judge")
+    model_dir = builders.resolve_model_dir(str(cfg.judge.model))
+    model = load_model(model_dir, dtype="float32")
+    tok, n_layers = model.tokenizer, model.cfg.num_layers
+    jcfg = prompts.judge_config(str(cfg.judge.template), int(cfg.judge.max_prompt_len))
+    yes_l, no_l = prompts.verdict_ids(tok, jcfg)
+    yes, no = sm.spelling_ids(yes_l), sm.spelling_ids(no_l)
+    k = int(cfg.optim.train_layers)
+    split = 0 if k < 0 or k >= n_layers else n_layers - k
+    if int(cfg.distill.cache_layer) >= 0:  # cache lower than the trained blocks: the blocks in
+        split = min(split, int(cfg.distill.cache_layer))  # between run frozen every step
+    model_id = json.dumps([str(Path(model_dir).resolve()), model.cfg.to_hf_dict()], default=str)
+
+    train_q, held_q = load_questions(cfg)
+    train = prepare(teacher_rows(cfg, train_q, held_q), tok, jcfg, cfg, drop_empty=True)
+    held = prepare(eval_rows(cfg, held_q), tok, jcfg, cfg, drop_empty=False)
+    counts = examples.label_counts(train.rows)
+    print(
+        f"rlvr_jax: {len(train_q)} training questions -> {len(train.rows)} judge rows {counts}; "
+        f"{len(held_q)} held-out questions -> {len(held.rows)} rows",
+        file=sys.stderr,
+    )
+    fill_cache(train, "train", model, split, workdir, model_id)
+    fill_cache(held, "heldout", model, split, workdir, model_id)
+
+    labels = np.array([r["label"] == "YES" for r in train.rows], np.int32)
+    n_yes = max(int(labels.sum()), 1)
+    n_no = max(len(labels) - n_yes, 1)
+    w = np.where(labels == 1, len(labels) / (2 * n_yes), len(labels) / (2 * n_no))
+    if not cfg.distill.class_balance:
+        w = np.ones_like(w)
+    w = w.astype(np.float32)
+
+    def figures(state) -> tuple[dict, dict]:
+        s = score_rows(model.graphdef, state, split, held, yes, no)
+        r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, held.empty)
+        return evaluation.quality(held.rows, r), r
+
+    zero_shot, _ = figures(model.state)
+    print("rlvr_jax: zero-shot " + _line(zero_shot), file=sys.stderr)
+    phases["prepare_and_cache_s"] = meter.read()["wall_s"]
+
+    trainable, frozen = update.split_trainable(model.state, update.trainable_filter(n_layers, k))
+    epochs = [
+        units.epoch_batches(train.buckets, int(cfg.distill.batch_tokens), int(cfg.seed), e)
+        for e in range(int(cfg.distill.epochs))
+    ]
+    plan = [bt for ep in epochs for bt in ep]
+    epoch_ends = set(np.cumsum([len(ep) for ep in epochs]).tolist())
+    optimizer = update.make_optimizer(cfg.optim, len(plan))
+    step_fn = sft.make_train_step(model.graphdef, split, optimizer)
+    # Committed to the device like the step's outputs, so the donated state keeps one compile.
+    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer)
+    st = jax.device_put(st, jax.devices()[0])
+    writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
+    first = _latest(workdir)
+    if first:
+        st = _restore_ckpt(workdir, st, first)
+        writer.truncate_after(first)
+        print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
+    done_here = 0
+    bar = tqdm(range(first, len(plan)), initial=first, total=len(plan), desc="SFT", unit="step")
+    for i in bar:
+        bt = plan[i]
+        b = train.buckets[bt.bucket]
+        h = act_cache.hidden_batch(b, train.cache[bt.bucket], bt)
+        rows = b.rows[bt.suffixes]
+        st, met = step_fn(
+            st, frozen, h, jnp.asarray(labels[rows]), jnp.asarray(w[rows] * bt.valid), yes, no
+        )
+        met = {f"train/{k}": v for k, v in jax.device_get(met).items()}
+        met["train/epoch"] = sum(e <= i for e in epoch_ends)
+        writer.write(i + 1, met)
+        bar.set_postfix(loss=f"{met['train/loss']:.3f}", acc=f"{met['train/acc']:.2f}")
+        done_here += 1
+        if cfg.distill.eval_each_epoch and i + 1 in epoch_ends and i + 1 < len(plan):
+            fig, _ = figures(nnx.merge_state(frozen, st.params))
+            writer.write(i + 1, _scalars(fig, "heldout/"))
+            bar.write(
+                f"rlvr_jax: after epoch {len([e for e in epoch_ends if e <= i + 1])}: " + _line(fig)
+            )
+        if (i + 1) % int(cfg.train.ckpt_every) == 0 or i + 1 == len(plan):
+            _save_ckpt(workdir, st, i + 1, int(cfg.train.keep_ckpts))
+        if stop_after is not None and done_here >= stop_after and i + 1 < len(plan):
+            writer.close()
+            return {"stopped_at": i + 1}
+    bar.close()
+    phases["sft_s"] = meter.read()["wall_s"] - phases["prepare_and_cache_s"]
+
+    state = nnx.merge_state(frozen, st.params)
+    distilled, rewards = figures(state)
+    writer.write(len(plan), _scalars(distilled, "heldout/"))
+    writer.close()
+    results = {
+        "steps": len(plan),
+        "train_rows": len(train.rows),
+        "train_counts": counts,
+        "heldout_questions": len(held_q),
+        "split_layer": split,
+        "zero_shot": zero_shot,
+        "distilled": distilled,
+        "passes": evaluation.passes(distilled),
+    }
+    results["scorer_check"] = scorer_check(model, state, jcfg, held, rewards)
+    _save_judge(workdir, model, state, bool(cfg.train.export_hf))
+    results["cpu"] = {**meter.read(), **phases}
+    cols = {"zero-shot": zero_shot, "distilled": distilled}
+    Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
+    (workdir / "heldout_table.md").write_text(evaluation.markdown(cols))
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    os.replace(tmp, workdir / "results.json")
+    print(
+        f"rlvr_jax: judge in {workdir / 'judge'} ({results['cpu']['wall_s']:.0f} s)",
+        file=sys.stderr,
+    )
+    return results
+
+
+def scorer_check(model, state, jcfg, held: Prepared, rewards: dict, n: int = 8) -> dict:
+    """Score a few held-out rows with reward.Judge (a plain full forward, as RL will) and compare
+    with the cached split path: the two must agree, else training optimised the wrong quantity."""
+    from rlvr_jax import reward
+
+    idx = [i for i in range(len(held.rows)) if not held.empty[i]][:: max(len(held.rows) // n, 1)][
+        :n
+    ]
+    rows = [held.rows[i] for i in idx]
+    judge = reward.Judge(model.graphdef, state, model.tokenizer, jcfg)
+    got = judge.score(
+        [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
+    )
+    diff = float(np.max(np.abs(got.p_yes - rewards["p_yes"][idx])))
+    same = bool(np.all(got.binary == rewards["binary"][idx]))
+    if diff > 1e-3 or not same:
+        print(
+            f"rlvr_jax: WARNING: reward.Judge and the cached path disagree (max |dP(YES)| "
+            f"{diff:.2e}, same verdicts: {same})",
+            file=sys.stderr,
+        )
+    return {"rows": len(idx), "max_abs_diff_p_yes": diff, "same_binary": same}
+
+
+def _save_judge(workdir: Path, model, state, export_hf: bool) -> None:
+    """The judge as a model directory and (optionally) a Hugging Face export, replacing any
+    partial earlier attempt."""
+    from rlvr_jax.models import hf_io
+
+    state = jax.device_get(state)
+    for name in ("judge", "judge_hf"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    save_model(workdir / "judge", model.cfg, state, model.tokenizer)
+    if export_hf:
+        hf_io.save_hf(workdir / "judge_hf", model.cfg, state, model.tokenizer)

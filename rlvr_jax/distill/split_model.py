@@ -1,0 +1,217 @@
+"""The judge's forward pass split at a layer, over prompts that share a prefix.
+
+Distillation trains only the top K blocks (plus the final norm), so the frozen bottom's output at
+the split layer is a pure function of the tokens: it is computed once per example and cached, and
+each epoch runs only the top blocks. Candidate responses to one question share the start of their
+judge prompt (chat header, question, reference), so a prompt is cut into a *prefix*, run once, and
+*suffixes*, one per candidate, which attend to their prefix's keys and values (the sampler's
+shared-prompt cache, in a training form). The result equals a plain forward over the concatenated
+prompt (tests check it).
+
+Shapes: U prefixes [U,P] (left-padded), N suffixes [N,S] (right-padded: causal attention keeps a
+row's pads out of its last real token), owner [N] = the prefix of each suffix, D model dim,
+V vocab. The verdict is read at each suffix's last real token.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlvr_jax.models.transformer import positions_from_mask
+
+
+@flax.struct.dataclass
+class Tokens:
+    """prefix_ids/prefix_mask [U,P], suffix_ids/suffix_mask [N,S] (every suffix has at least one
+    real token), owner [N] int32."""
+
+    prefix_ids: jax.Array
+    prefix_mask: jax.Array
+    suffix_ids: jax.Array
+    suffix_mask: jax.Array
+    owner: jax.Array
+
+
+@flax.struct.dataclass
+class Hidden:
+    """Hidden states at one layer boundary: prefix [U,P,D], suffix [N,S,D], masks and owner."""
+
+    prefix: jax.Array
+    prefix_mask: jax.Array
+    suffix: jax.Array
+    suffix_mask: jax.Array
+    owner: jax.Array
+
+
+def embed(table: jax.Array, t: Tokens) -> Hidden:
+    """Token embeddings (table [V,D]): the input of block 0."""
+    return Hidden(
+        jnp.take(table, t.prefix_ids, axis=0),
+        t.prefix_mask.astype(bool),
+        jnp.take(table, t.suffix_ids, axis=0),
+        t.suffix_mask.astype(bool),
+        t.owner,
+    )
+
+
+embed_jit = jax.jit(embed)
+
+
+@flax.struct.dataclass
+class _Attn:
+    """Positions and attention masks of a batch, shared by every block."""
+
+    pre_pos: jax.Array  # [U,P]
+    pre_attn: jax.Array  # [U,P,P]
+    suf_pos: jax.Array  # [N,S]
+    suf_attn: jax.Array  # [N,S,P+S]
+
+
+def _attn(h: Hidden) -> _Attn:
+    p = h.prefix_mask.shape[1]
+    n, s = h.suffix_mask.shape
+    pmask, smask = h.prefix_mask, h.suffix_mask
+    pre_len = pmask.sum(-1).astype(jnp.int32)[h.owner]  # [N]
+    keys_pre = jnp.broadcast_to(pmask[h.owner][:, None, :], (n, s, p))
+    keys_suf = jnp.tril(jnp.ones((s, s), bool))[None] & smask[:, None, :]
+    return _Attn(
+        pre_pos=positions_from_mask(pmask),
+        pre_attn=jnp.tril(jnp.ones((p, p), bool))[None] & pmask[:, None, :],
+        suf_pos=pre_len[:, None] + jnp.arange(s, dtype=jnp.int32)[None],
+        suf_attn=jnp.concatenate([keys_pre, keys_suf], axis=-1),
+    )
+
+
+def _block(layer: nnx.Module, a: _Attn, xp: jax.Array, xs: jax.Array, owner: jax.Array):
+    """One block over prefixes xp [U,P,D] and suffixes xs [N,S,D].
+
+    The prefixes run as ordinary causal sequences. Each suffix attends to its owner's keys and
+    values, written into slots [0, P) of a per-layer cache, and to its own earlier tokens at
+    slots [P, P+S): the attention of the concatenated prompt.
+    """
+    n, s = xs.shape[:2]
+    p = xp.shape[1]
+    xp_new, (k, v) = layer(xp, a.pre_pos, a.pre_attn, None)  # k, v [U,P,Hkv,K], rotated
+    pad = jnp.zeros((n, s, *k.shape[2:]), k.dtype)
+    k_cache = jnp.concatenate([k[owner], pad], axis=1)
+    v_cache = jnp.concatenate([v[owner], pad], axis=1)
+    xs_new, _ = layer(xs, a.suf_pos, a.suf_attn, (k_cache, v_cache, p))
+    return xp_new, xs_new
+
+
+def stack_blocks(
+    graphdef: nnx.GraphDef, state: nnx.State, lo: int, hi: int
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """(one block's graphdef, the states of blocks lo..hi-1 stacked on a leading axis)."""
+    model = nnx.merge(graphdef, state)
+    parts = [nnx.split(model.layers[i]) for i in range(lo, hi)]
+    return parts[0][0], jax.tree.map(lambda *xs: jnp.stack(xs), *[st for _, st in parts])
+
+
+def run_stacked(block_def: nnx.GraphDef, stacked: nnx.State, h: Hidden) -> Hidden:
+    """Stacked blocks in order with `lax.scan`: one block is compiled however many there are."""
+    a = _attn(h)
+
+    def body(carry, st):
+        return _block(nnx.merge(block_def, st), a, *carry, h.owner), None
+
+    (xp, xs), _ = jax.lax.scan(body, (h.prefix, h.suffix), stacked)
+    return h.replace(prefix=xp, suffix=xs)
+
+
+def run_unrolled(layers, h: Hidden) -> Hidden:
+    """Blocks in order, unrolled (the plain reference for run_stacked)."""
+    a = _attn(h)
+    xp, xs = h.prefix, h.suffix
+    for layer in layers:
+        xp, xs = _block(layer, a, xp, xs, h.owner)
+    return h.replace(prefix=xp, suffix=xs)
+
+
+def verdict_logits(model: nnx.Module, h: Hidden) -> jax.Array:
+    """Final hidden states -> fp32 next-token logits [N,V] at each suffix's last real token
+    (the vocabulary projection runs there only)."""
+    last = jnp.maximum(h.suffix_mask.sum(-1) - 1, 0)  # [N]
+    x = jnp.take_along_axis(h.suffix, last[:, None, None], axis=1)[:, 0]  # [N,D]
+    return model.logits(model.final_norm(x))
+
+
+def verdict_logprobs(
+    logits: jax.Array, yes_ids: jax.Array, no_ids: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(log P(YES), log P(NO)) [N] from logits [N,V], each summed over its spellings."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    lp_yes = jax.nn.logsumexp(jnp.take(logp, yes_ids, axis=-1), axis=-1)
+    lp_no = jax.nn.logsumexp(jnp.take(logp, no_ids, axis=-1), axis=-1)
+    return lp_yes, lp_no
+
+
+def verdict_loss(
+    lp_yes: jax.Array, lp_no: jax.Array, labels: jax.Array, weights: jax.Array
+) -> jax.Array:
+    """Weighted mean cross-entropy of the teacher's verdict: -log P(target verdict), P being the
+    full-vocabulary probability summed over the verdict's spellings. labels, weights [N]."""
+    nll = -jnp.where(labels.astype(bool), lp_yes, lp_no)
+    return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted entry points over (graphdef, state): the bottom once (cached), the top every step.
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def bottom(block_def: nnx.GraphDef, stacked: nnx.State, table: jax.Array, t: Tokens) -> Hidden:
+    """Embeddings (`table` [V,D]) then the frozen bottom blocks (from `stack_blocks`): the
+    split-layer states of a batch, computed once and cached."""
+    return run_stacked(block_def, stacked, embed(table, t))
+
+
+def top_logits(graphdef: nnx.GraphDef, state: nnx.State, split: int, h: Hidden) -> jax.Array:
+    """Blocks [split, L) from split-layer states, then the verdict logits [N,V].
+
+    The blocks are stacked inside the jitted caller and scanned, so compile time does not grow
+    with the number of trained blocks; gradients flow back through the stack to each block.
+    """
+    model = nnx.merge(graphdef, state)
+    if split >= len(model.layers):
+        return verdict_logits(model, h)
+    block_def, stacked = stack_blocks(graphdef, state, split, len(model.layers))
+    return verdict_logits(model, run_stacked(block_def, stacked, h))
+
+
+def full_logits(graphdef: nnx.GraphDef, state: nnx.State, t: Tokens) -> jax.Array:
+    """All blocks from token ids, unrolled and uncached: the reference for the cached path."""
+    model = nnx.merge(graphdef, state)
+    return verdict_logits(model, run_unrolled(model.layers, embed(model.embed[...], t)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def score(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    split: int,
+    h: Hidden,
+    yes_ids: jax.Array,
+    no_ids: jax.Array,
+) -> dict[str, jax.Array]:
+    """Verdict read-out [N] from split-layer states: p_yes, p_no (spelling sums) and the
+    greedy first token, the quantities reward.judge_scores reads from a full forward."""
+    logits = top_logits(graphdef, state, split, h)
+    lp_yes, lp_no = verdict_logprobs(logits, yes_ids, no_ids)
+    return {
+        "p_yes": jnp.exp(lp_yes),
+        "p_no": jnp.exp(lp_no),
+        "greedy": jnp.argmax(logits, axis=-1).astype(jnp.int32),
+    }
+
+
+def spelling_ids(ids: Any) -> jax.Array:
+    """A host list of token ids as an int32 device array (a jit argument, not a constant)."""
+    return jnp.asarray(np.asarray(ids, np.int32))

@@ -1,0 +1,339 @@
+"""Judge distillation: teacher rows, shared-prefix batching, the split forward, SFT, resume, export.
+
+Everything runs on a tiny random model (D=64, 2 layers) over the byte-level test tokenizer with
+YES and NO added as single tokens; the real default judge is checked by hand (see the issue note).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_VOCAB, make_tiny_hf_tokenizer
+from flax import nnx
+
+from rlvr_jax import data, reward, update
+from rlvr_jax.distill import examples as E
+from rlvr_jax.distill import sft, units
+from rlvr_jax.distill import split_model as sm
+from rlvr_jax.distill.cache import compute, hidden_batch, tokens_batch
+from rlvr_jax.distill.run import distill, load_questions, teacher_rows
+from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.model_dir import load_model, save_model
+from rlvr_jax.models.transformer import forward, init_model, positions_from_mask
+from rlvr_jax.tokenizer import Tokenizer, left_pad
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(i: int, subject: str = "economics", split: str = "train") -> dict:
+    return {
+        "id": f"{subject}-{split}-{i}",
+        "query": [{"role": "user", "content": f"Q{i} {split}: what is item {i}?"}],
+        "label": f"zeta{i}",
+        "subject": subject,
+        "rephrasings": [f"the zeta {i}"],
+        "distractors": [f"omega{i}a", f"omega{i}b"],
+    }
+
+
+def _examples(n: int, split: str = "train") -> list[data.Example]:
+    return [data.example_from_row(_row(i, split=split), f"r{i}", None) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    hf = make_tiny_hf_tokenizer()
+    hf.add_tokens(["YES", "NO"])  # single-token verdicts, as real judge vocabularies have
+    return Tokenizer(hf)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tok) -> Path:
+    cfg = ModelConfig(
+        model_type="llama",
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        tie_word_embeddings=True,
+        eos_token_id=(tok.hf.convert_tokens_to_ids("<|im_end|>"),),
+        pad_token_id=tok.pad_id,
+        dtype="float32",
+    )
+    _, state = init_model(cfg, seed=0)
+    return save_model(tmp_path_factory.mktemp("tiny") / "model", cfg, state, tok)
+
+
+# ------------------------------------------------------------------------------ teacher rows
+
+
+def test_labelled_rows_labels_and_master_key_negatives():
+    exs = _examples(4)
+    rows = E.labelled_rows(exs, seed=0, other_answers=1) + E.master_key_rows(exs, 0, 2)
+    for r in rows:
+        ex = next(e for e in exs if e.question == r["question"])
+        line = reward.last_nonempty_line(r["response"])
+        if r["kind"] in ("reference", "rephrasing"):
+            assert r["label"] == "YES" and any(a in line for a in (ex.reference, *ex.rephrasings))
+        elif r["kind"] == "distractor":
+            assert r["label"] == "NO" and any(a in line for a in ex.distractors)
+        elif r["kind"] == "other_answer":
+            assert r["label"] == "NO" and ex.reference not in line and "zeta" in line
+        else:
+            assert r["kind"].startswith("probe:") and r["label"] == "NO"
+            assert r["teacher"] == "master-key" and "zeta" not in r["response"]
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("other_answer") == 4 and sum(k.startswith("probe:") for k in kinds) == 8
+    assert E.labelled_rows(exs, seed=0) == E.labelled_rows(exs, seed=0)  # seeded
+
+
+def test_no_heldout_question_leaks(tmp_path):
+    train = [_row(i) for i in range(5)] + [_row(0, split="test")]  # one test question copied in
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "test.jsonl").write_text(
+        "".join(json.dumps(_row(i, split="test")) + "\n" for i in range(2))
+    )
+    from configs import judge_econ
+
+    cfg = judge_econ.get_config()
+    cfg.data.train, cfg.data.test = (
+        (str(tmp_path / "train.jsonl"),),
+        (str(tmp_path / "test.jsonl"),),
+    )
+    train_q, held_q = load_questions(cfg)
+    assert len(train_q) == 5 and len(held_q) == 2
+    rows = teacher_rows(cfg, train_q, held_q)
+    held = {q.question for q in held_q}
+    assert rows and not any(r["question"] in held for r in rows)
+    assert any(r["teacher"] == "master-key" for r in rows)
+    with pytest.raises(E.LeakError):
+        E.check_no_leak(rows + E.heldout_rows(held_q, 0)[:1], held_q)
+
+
+def test_shipped_config_keeps_economics_test_out():
+    from configs import judge_econ
+
+    train_q, held_q = load_questions(judge_econ.get_config())
+    held = {" ".join(q.question.lower().split()) for q in held_q}
+    assert len(held_q) >= 50 and {q.subject for q in train_q} >= {"economics", "medicine"}
+    assert not any(" ".join(q.question.lower().split()) in held for q in train_q)
+
+
+def test_math_rows_follow_math_verify():
+    exs = data.load_examples("math:4:0", "train", system_prompt=None).examples
+    rows = E.math_rows(exs, seed=0)
+    for r in rows:
+        ex = next(e for e in exs if e.question == r["question"])
+        k = int(r["id"].rsplit("/", 1)[1])  # candidates: reference, rephrasings, distractors
+        assert (r["label"] == "YES") == (k <= len(ex.rephrasings)), r
+        assert r["teacher"] == "math-verify"
+    assert {r["label"] for r in rows} == {"YES", "NO"}
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+def test_units_cover_every_row_once_and_rebuild_prompts():
+    rng = np.random.default_rng(0)
+    ids, keys = [], []
+    for g in range(7):
+        prefix = rng.integers(3, 200, size=int(rng.integers(5, 40))).tolist()
+        for _ in range(int(rng.integers(1, 12))):
+            ids.append(prefix + rng.integers(3, 200, size=int(rng.integers(1, 30))).tolist())
+            keys.append(g)
+    buckets = units.build_buckets(ids, keys, pad_id=0, max_suffixes=4, merge_tokens=100)
+    seen = []
+    for bt in units.sequential_batches(buckets, batch_tokens=64):
+        b = buckets[bt.bucket]
+        for j, owner in zip(bt.suffixes[bt.valid], bt.owner[bt.valid], strict=True):
+            u = bt.units[owner]
+            assert b.start[u] <= j < b.start[u + 1]
+            rebuilt = b.prefix_ids[u][b.prefix_mask[u]].tolist()
+            rebuilt += b.suffix_ids[j][b.suffix_mask[j]].tolist()
+            assert rebuilt == ids[b.rows[j]]
+            seen.append(int(b.rows[j]))
+    assert sorted(seen) == list(range(len(ids)))
+    for e in (0, 1):
+        got = [
+            int(buckets[bt.bucket].rows[j])
+            for bt in units.epoch_batches(buckets, 64, 3, e)
+            for j in bt.suffixes[bt.valid]
+        ]
+        assert sorted(got) == list(range(len(ids)))
+
+
+# ------------------------------------------------------------------------------ split forward
+
+
+def _batch(tok, seed=0):
+    rng = np.random.default_rng(seed)
+    exs = _examples(2)
+    rows = E.labelled_rows(exs, seed) + E.master_key_rows(exs, seed, 2)
+    ids = [
+        reward.build_judge_prompt(
+            tok, r["question"], r["response"], r["reference"], reward.JudgeConfig(template="short")
+        ).ids
+        for r in rows
+    ]
+    buckets = units.build_buckets(ids, [r["question"] for r in rows], tok.pad_id, 16, 10**9)
+    (bt,) = units.sequential_batches(buckets, 10_000)
+    labels = np.array([r["label"] == "YES" for r in rows], np.int32)[buckets[0].rows[bt.suffixes]]
+    del rng
+    return rows, ids, buckets[0], bt, jnp.asarray(labels), jnp.asarray(bt.valid, jnp.float32)
+
+
+def test_split_path_equals_plain_forward(tiny_dir, tok):
+    m = load_model(tiny_dir)
+    rows, ids, b, bt, _, _ = _batch(tok)
+    yes, no = sm.spelling_ids(tok.token_ids_of(["YES"])), sm.spelling_ids(tok.token_ids_of(["NO"]))
+    t = tokens_batch(b, bt)
+    block_def, stacked = sm.stack_blocks(m.graphdef, m.state, 0, 1)
+    h = sm.bottom(block_def, stacked, m.state["embed"][...], t)
+    got = sm.score(m.graphdef, m.state, 1, h, yes, no)
+    full = [ids[r] for r in b.rows[bt.suffixes]]
+    pids, mask = left_pad(full, None, tok.pad_id)
+    logits, _ = forward(m.graphdef, m.state, jnp.asarray(pids), positions_from_mask(mask), mask)
+    p = jax.nn.softmax(logits[:, -1], axis=-1)
+    np.testing.assert_allclose(got["p_yes"], p[:, int(yes[0])], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got["greedy"], jnp.argmax(logits[:, -1], axis=-1))
+
+
+def test_cached_training_equals_uncached(tiny_dir, tok):
+    m = load_model(tiny_dir)
+    _, _, b, bt, labels, weights = _batch(tok)
+    yes, no = sm.spelling_ids(tok.token_ids_of(["YES"])), sm.spelling_ids(tok.token_ids_of(["NO"]))
+    trainable, frozen = update.split_trainable(m.state, update.trainable_filter(2, 1))
+    t = tokens_batch(b, bt)
+    h = hidden_batch(b, compute(m.graphdef, m.state, 1, [b], [bt])[0], bt)  # the cached path
+
+    def cached(params):
+        return sft.batch_loss(m.graphdef, 1, params, frozen, h, labels, weights, yes, no)[0]
+
+    def uncached(params):  # every block from the tokens, the frozen one included
+        logits = sm.full_logits(m.graphdef, nnx.merge_state(frozen, params), t)
+        return sm.verdict_loss(*sm.verdict_logprobs(logits, yes, no), labels, weights)
+
+    l1, g1 = jax.jit(jax.value_and_grad(cached))(trainable)
+    l2, g2 = jax.jit(jax.value_and_grad(uncached))(trainable)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, c, rtol=1e-3, atol=1e-6)
+
+
+def test_sft_step_lowers_the_loss(tiny_dir, tok):
+    import ml_collections
+
+    m = load_model(tiny_dir)
+    _, _, b, bt, labels, weights = _batch(tok)
+    yes, no = sm.spelling_ids(tok.token_ids_of(["YES"])), sm.spelling_ids(tok.token_ids_of(["NO"]))
+    trainable, frozen = update.split_trainable(m.state, update.trainable_filter(2, 1))
+    t = tokens_batch(b, bt)
+    block_def, stacked = sm.stack_blocks(m.graphdef, m.state, 0, 1)
+    h = sm.bottom(block_def, stacked, m.state["embed"][...], t)
+    opt = update.make_optimizer(
+        ml_collections.ConfigDict(
+            dict(
+                lr=3e-3,
+                warmup_frac=0.0,
+                min_lr_ratio=1.0,
+                b1=0.9,
+                b2=0.95,
+                weight_decay=0.0,
+                grad_clip=1.0,
+            )
+        ),
+        20,
+    )
+    step = sft.make_train_step(m.graphdef, 1, opt)
+    st = sft.init_state(trainable, opt)
+    losses = []
+    for _ in range(8):
+        st, met = step(st, frozen, h, labels, weights, yes, no)
+        losses.append(float(met["loss"]))
+    assert losses[-1] < losses[0] - 0.5 and all(np.diff(losses) < 0), losses
+    assert int(st.step) == 8
+
+
+# ------------------------------------------------------------------------------ whole run
+
+
+def _tiny_run_config(tmp_path: Path, model_dir: Path):
+    from configs import judge_econ
+
+    for split, n in (("train", 6), ("test", 2)):
+        rows = [_row(i, split=split) for i in range(n)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = judge_econ.get_config()
+    cfg.judge.model = str(model_dir)
+    cfg.data.train, cfg.data.test = (
+        (str(tmp_path / "train.jsonl"),),
+        (str(tmp_path / "test.jsonl"),),
+    )
+    cfg.optim.train_layers = 1
+    cfg.optim.lr = 3e-3
+    cfg.distill.epochs = 2
+    cfg.distill.batch_tokens = 256
+    cfg.distill.merge_tokens = 10**9  # one shape: one compile per function
+    cfg.distill.eval_probes_per_question = 2
+    cfg.train.ckpt_every = 2
+    cfg.train.tensorboard = False
+    return cfg
+
+
+def test_distill_resumes_exactly_and_exports(tmp_path, tiny_dir):
+    cfg = _tiny_run_config(tmp_path, tiny_dir)
+    full = distill(cfg, tmp_path / "a")
+    assert full["steps"] >= 4 and full["scorer_check"]["max_abs_diff_p_yes"] < 1e-4
+    assert distill(cfg, tmp_path / "b", stop_after=3) == {"stopped_at": 3}
+    resumed = distill(cfg, tmp_path / "b")  # resumes from the step-2 checkpoint
+    lines = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    a, b = lines(tmp_path / "a"), lines(tmp_path / "b")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("train/loss", "heldout/auc_rd"):
+            if k in ra:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-5), (ra["step"], k)
+    assert resumed["distilled"]["kappa"] == pytest.approx(full["distilled"]["kappa"])
+
+    # tools/score.py scores the model directory and its HF export, converted back in by
+    # tools/convert_checkpoint.py, the same.
+    sys.path.insert(0, str(REPO / "tools"))
+    import convert_checkpoint
+    import score
+
+    back = tmp_path / "back"
+    assert convert_checkpoint.main(["hf-to-jax", str(tmp_path / "a" / "judge_hf"), str(back)]) == 0
+    rows = [
+        {"question": "Q1 test: what is item 1?", "reference": "zeta1", "response": r}
+        for r in ("Therefore, the answer is zeta1", "Thought process:", "omega1a")
+    ]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outs = []
+    for judge in (tmp_path / "a" / "judge", back):
+        out = tmp_path / f"{judge.name}.jsonl"
+        args = [
+            "--judge",
+            str(judge),
+            "--input",
+            str(inp),
+            "--out",
+            str(out),
+            "--template",
+            "short",
+        ]
+        assert score.main(args) == 0
+        outs.append([json.loads(x) for x in out.read_text().splitlines()])
+    for r1, r2 in zip(*outs, strict=True):
+        assert r1["verdict"] == r2["verdict"] and r1["binary"] == r2["binary"]
+        for k in ("p_yes", "p_no", "soft", "soft_normalized"):
+            assert r1[k] == pytest.approx(r2[k], rel=1e-5, abs=1e-7), k
