@@ -68,7 +68,8 @@ def as_examples(items: Iterable[Example | Mapping]) -> list[Example]:
     ]
 
 
-def _row(ex: Example, response: str, label: str, kind: str, k: int) -> dict:
+def judgment_row(ex: Example, response: str, label: str, kind: str, k: int) -> dict:
+    """A judgment-file row {id, question, reference, response, label, subject, field, kind}."""
     return {
         "id": f"{ex.id}/{kind}/{k}",
         "question": ex.question,
@@ -99,9 +100,9 @@ def answer_rows(
         yes = ([ex.reference] if with_reference else []) + list(ex.rephrasings)
         for k, a in enumerate(yes):
             kind = "reference" if with_reference and k == 0 else "rephrasing"
-            rows.append(_row(ex, final_answer(a, rng), "YES", kind, k))
+            rows.append(judgment_row(ex, final_answer(a, rng), "YES", kind, k))
         for k, a in enumerate(ex.distractors):
-            rows.append(_row(ex, final_answer(a, rng), "NO", "distractor", k))
+            rows.append(judgment_row(ex, final_answer(a, rng), "NO", "distractor", k))
     return rows
 
 
@@ -118,7 +119,7 @@ def probe_rows(
     if unknown:
         raise ValueError(f"unknown probes {unknown}; known: {', '.join(PROBES)}")
     return [
-        _row(ex, PROBES[k](ex.question, ex.reference), "NO", f"probe:{k}", 0)
+        judgment_row(ex, PROBES[k](ex.question, ex.reference), "NO", f"probe:{k}", 0)
         for ex in as_examples(examples)
         for k in kinds
     ]

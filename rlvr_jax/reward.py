@@ -76,9 +76,12 @@ PAPER_PROMPT = (
     "**Output:**  \n"
 )
 # A short prompt for small judges (135M-class models lose the thread in the long one).
+# The response comes last: the candidates of one question then share everything before it, so
+# scoring G of them (or training on them, distill/units.py) runs the shared part once.
 SHORT_PROMPT = (
-    "Question: {question}\nReference answer: {reference}\nStudent's final answer: {response}\n"
-    "Does the student's final answer match the reference answer? Answer YES or NO."
+    "Question: {question}\nReference answer: {reference}\n"
+    "Does the student's final answer match the reference answer? Answer YES or NO.\n"
+    "Student's final answer: {response}"
 )
 TEMPLATES = {"paper": PAPER_PROMPT, "short": SHORT_PROMPT}
 SYSTEM_MESSAGE = "You are a helpful assistant."

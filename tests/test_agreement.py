@@ -194,13 +194,22 @@ def test_cli_three_judges_tables_and_json(tmp_path):
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     f = tmp_path / "a.jsonl"
-    f.write_text('{"question": "q", "reference": "r", "response": "x", "binary": 1}\n{oops\n')
-    p = _cli(str(f), str(f))
+    good = '{"question": "q", "reference": "r", "response": "x", "binary": 1}\n'
+    f.write_text(good + "{oops\n")
+    (tmp_path / "b.jsonl").write_text(good)
+    p = _cli(str(tmp_path / "b.jsonl"), str(f))
     assert p.returncode == 2
     assert (
         p.stderr.strip() == f"error: {f}:line 2: not valid JSON (Expecting property name "
         "enclosed in double quotes)"
     )
+
+
+def test_cli_same_file_twice_is_an_error(tmp_path):
+    f = _write(tmp_path / "a.jsonl", _judgments([1, 0, 1], soft=[0.9, 0.1, 0.8]))
+    p = _cli(str(f), str(tmp_path / "." / "a.jsonl"))
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: {tmp_path / '.' / 'a.jsonl'}: given twice (one judge per file)"
 
 
 def test_majority_ties_are_no():

@@ -46,7 +46,13 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
 
 
 def judge_names(paths: list[Path]) -> list[str]:
-    """File stems, or whole paths where stems collide."""
+    """File stems, or whole paths where stems collide; AgreementError for a file given twice
+    (it would be one judge compared with itself)."""
+    seen: set[Path] = set()
+    for p in paths:
+        if p.resolve() in seen:
+            raise agreement.AgreementError(f"{p}: given twice (one judge per file)")
+        seen.add(p.resolve())
     stems = [p.stem for p in paths]
     return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
 

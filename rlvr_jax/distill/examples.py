@@ -50,17 +50,8 @@ def _norm(q: str) -> str:
 
 
 def _row(ex: Example, response: str, label: str, kind: str, k: int, teacher: str) -> dict:
-    return {
-        "id": f"{ex.id}/{kind}/{k}",
-        "question": ex.question,
-        "reference": ex.reference,
-        "response": response,
-        "label": label,
-        "subject": ex.subject,
-        "field": ex.field,
-        "kind": kind,
-        "teacher": teacher,
-    }
+    """probes.py's judgment row, plus who labelled it."""
+    return {**probes.judgment_row(ex, response, label, kind, k), "teacher": teacher}
 
 
 def _form(answer: str, rng: np.random.Generator) -> str:
