@@ -209,7 +209,8 @@ def test_cli_same_file_twice_is_an_error(tmp_path):
     f = _write(tmp_path / "a.jsonl", _judgments([1, 0, 1], soft=[0.9, 0.1, 0.8]))
     p = _cli(str(f), str(tmp_path / "." / "a.jsonl"))
     assert p.returncode == 2
-    assert p.stderr.strip() == f"error: {tmp_path / '.' / 'a.jsonl'}: given twice (one judge per file)"
+    twice = tmp_path / "." / "a.jsonl"
+    assert p.stderr.strip() == f"error: {twice}: given twice (one judge per file)"
 
 
 def test_majority_ties_are_no():

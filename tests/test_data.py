@@ -159,7 +159,8 @@ def test_parquet_bad_row_is_named(tmp_path):
 def test_missing_source_and_split(tmp_path):
     with pytest.raises(data.DataError, match="no such file"):
         data.load_examples(tmp_path / "nope.jsonl")
-    with pytest.raises(data.DataError, match="no files for split .test. \\(expected e.g. test.jsonl"):
+    no_split = "no files for split .test. \\(expected e.g. test.jsonl"
+    with pytest.raises(data.DataError, match=no_split):
         data.load_examples(tmp_path, "test")
 
 
