@@ -58,6 +58,7 @@ def test_plain_install_never_pulls_torch():
     got = _reachable(deps)
     assert "torch" not in got, f"torch is pulled in by {got['torch']}"
     assert not [n for n in got if n.startswith("nvidia-")]
+    assert "jinja2" in got  # chat templates; torch used to bring it in unnoticed
     assert "torch" in _reachable(
         [Requirement(d).name for d in project["optional-dependencies"]["test"]]
     )
