@@ -7,34 +7,14 @@ other processes used, from /proc/stat, as a share of the machine.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
 import numpy as np
 
+from rlvr_jax.cpu_meter import CpuMeter
+
 CONTENDED = 0.10  # a run is flagged when other processes used > 10% of the machine
-
-
-def _busy_seconds() -> float:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal: busy excludes idle and iowait.
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """`with CpuMeter() as m:` -> m.wall (s), m.other_share (CPU of other processes / machine)."""
-
-    def __enter__(self) -> CpuMeter:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_seconds(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.t0
-        own = time.process_time() - self.own0
-        other = max(_busy_seconds() - self.busy0 - own, 0.0)
-        self.other_share = other / (self.wall * (os.cpu_count() or 1))
 
 
 def wait_for_quiet(max_wait_s: float = 60.0, share: float = CONTENDED) -> float:

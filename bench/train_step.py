@@ -25,7 +25,6 @@ from pathlib import Path
 # by timing this benchmark on the 2-core CPU (see bench notes in the issue).
 DEFAULT_XLA_FLAGS = ""
 N_ROWS, SEQ = 8, 256
-CONTENDED = 0.10  # a run is "contended" when other processes used > 10% of the machine
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,27 +37,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-entropy", action="store_true", help="JAX: skip the entropy metric")
     p.add_argument("--skip-torch", action="store_true")
     return p.parse_args()
-
-
-class CpuMeter:
-    """CPU seconds used by other processes during a timed region, as a share of the machine."""
-
-    def __enter__(self) -> CpuMeter:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.t0
-        own = self.own = time.process_time() - self.own0
-        other = max(self._busy() - self.busy0 - own, 0.0)
-        self.other_share = other / (self.wall * (os.cpu_count() or 1))
-
-    @staticmethod
-    def _busy() -> float:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal: busy excludes idle and iowait.
-        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def smollm2_135m_config():
@@ -193,8 +171,8 @@ def torch_side(cfg, state, tokens, adv, logp_old, threads: int):
     return run
 
 
-def summarise(name: str, runs: list[tuple[float, float]]) -> float:
-    clean = [t for t, c in runs if c <= CONTENDED]
+def summarise(name: str, runs: list[tuple[float, float]], contended: float) -> float:
+    clean = [t for t, c in runs if c <= contended]
     pick = clean if len(clean) >= 3 else [t for t, _ in runs]
     med = statistics.median(pick)
     which = "uncontended runs" if pick is clean else "all runs (too few uncontended)"
@@ -210,6 +188,9 @@ def main() -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import jax
+    from contention import CONTENDED
+
+    from rlvr_jax.cpu_meter import CpuMeter
 
     cfg, graphdef, state = load_policy(args.random)
     n_params = sum(x.size for x in jax.tree.leaves(state))
@@ -260,11 +241,11 @@ def main() -> int:
                 flush=True,
             )
 
-    t_jax = summarise("jax", res["jax"])
+    t_jax = summarise("jax", res["jax"], CONTENDED)
     print(f"jax achieved: {flops / t_jax / 1e9:.1f} GFLOP/s (6*params*tokens rule)")
     if torch_run is None:
         return 0
-    t_torch = summarise("torch", res["torch"])
+    t_torch = summarise("torch", res["torch"], CONTENDED)
     print(f"torch achieved: {flops / t_torch / 1e9:.1f} GFLOP/s (6*params*tokens rule)")
     c_jax, c_torch = statistics.median(cpu["jax"]), statistics.median(cpu["torch"])
     print(

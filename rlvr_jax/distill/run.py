@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax import builders, checkpoint, data, update
+from rlvr_jax.cpu_meter import CpuMeter
 from rlvr_jax.distill import cache as act_cache
 from rlvr_jax.distill import evaluation, examples, prompts, sft, units
 from rlvr_jax.distill import split_model as sm
@@ -193,33 +193,6 @@ def _restore_ckpt(workdir: Path, st: sft.SFTState, step: int) -> sft.SFTState:
     return jax.tree.unflatten(treedef, got["leaves"])
 
 
-class _CpuMeter:
-    """Wall time and the CPU share other processes took meanwhile (from /proc/stat), so that a
-    slow run on a shared machine can be told from a slow program."""
-
-    def __init__(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), time.process_time()
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-        except OSError:
-            return float("nan")
-        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
-
-    def read(self) -> dict[str, float]:
-        wall = time.perf_counter() - self.t0
-        own = time.process_time() - self.own0
-        other = max(self._busy() - self.busy0 - own, 0.0)
-        return {
-            "wall_s": wall,
-            "own_cpu_s": own,
-            "others_cpu_share": other / (wall * os.cpu_count()),
-        }
-
-
 def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None = None) -> dict:
     """Run (or resume) the distillation of `cfg` in `workdir`; returns results.json's content.
 
@@ -228,7 +201,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     from rich.console import Console
     from tqdm import tqdm
 
-    meter, phases = _CpuMeter(), {}
+    meter, phases = CpuMeter(), {}
     workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")

@@ -1,0 +1,19 @@
+"""The CPU meter used by distillation results and the benchmarks."""
+
+import time
+
+from rlvr_jax.cpu_meter import CpuMeter, busy_seconds
+
+
+def test_meter_counts_own_cpu_and_wall():
+    with CpuMeter() as m:
+        t = time.process_time()
+        while time.process_time() - t < 0.2:  # burn CPU in this process
+            pass
+        time.sleep(0.1)  # and wait without it
+    assert m.own >= 0.2
+    assert m.wall >= 0.3
+    assert 0.0 <= m.other_share <= 1.0
+    assert busy_seconds() > 0
+    r = m.read()  # the meter keeps running after the block
+    assert r["wall_s"] >= m.wall and r["own_cpu_s"] >= m.own
