@@ -8,11 +8,15 @@ optimizer state, step, data iterator state) both build:
 - `restore_pytree(path, abstract_tree)`: read it back into the structure, dtypes and shardings of
   `abstract_tree` (a pytree of `jax.ShapeDtypeStruct`), so arrays are born with the target dtype and
   placement (e.g. sharded over a mesh) without an intermediate full copy on one device.
+
+Runs (the trainer, the judge distillation) keep step-numbered checkpoints in one folder,
+`folder/<step>/`: `save_step` writes one and prunes old ones, `latest_step` finds where to resume.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,31 @@ def save_pytree(path: str | Path, tree: PyTree, overwrite: bool = False) -> None
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree, force=overwrite)
         ckptr.wait_until_finished()
+
+
+def _steps(folder: Path) -> list[int]:
+    """The step numbers of folder/<step>/ checkpoints, ascending ([] when there is no folder)."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def latest_step(folder: str | Path) -> int | None:
+    """The newest step of a folder of step-numbered checkpoints, or None when it holds none.
+
+    A listed step is complete: orbax writes to a temporary name and renames it into place.
+    """
+    steps = _steps(Path(folder))
+    return steps[-1] if steps else None
+
+
+def save_step(folder: str | Path, step: int, tree: PyTree, keep: int) -> None:
+    """Write `tree` as folder/<step> (replacing an earlier write of that step), then delete all
+    but the `keep` newest steps (keep <= 0: keep every step)."""
+    d = Path(folder)
+    save_pytree(d / str(step), tree, overwrite=True)
+    for old in _steps(d)[:-keep] if keep > 0 else []:
+        shutil.rmtree(d / str(old), ignore_errors=True)
 
 
 def restore_pytree(path: str | Path, abstract_tree: PyTree) -> PyTree:

@@ -70,11 +70,7 @@ def _ckpt_dir(workdir: Path) -> Path:
 
 def latest_checkpoint(workdir: Path) -> int | None:
     """The newest complete checkpoint step (orbax renames a finished write into place)."""
-    d = _ckpt_dir(workdir)
-    steps = (
-        [int(p.name) for p in d.glob("*") if p.is_dir() and p.name.isdigit()] if d.is_dir() else []
-    )
-    return max(steps) if steps else None
+    return checkpoint.latest_step(_ckpt_dir(workdir))
 
 
 def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
@@ -85,13 +81,7 @@ def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
         "state": leaves,
         "data": {k: np.asarray(v, np.int64) for k, v in run.train_it.state().items()},
     }
-    checkpoint.save_pytree(_ckpt_dir(run.workdir) / str(step), tree, overwrite=True)
-    keep = int(run.cfg.train.keep_ckpts)
-    steps = sorted(int(p.name) for p in _ckpt_dir(run.workdir).glob("*") if p.name.isdigit())
-    for old in steps[:-keep] if keep > 0 else []:
-        import shutil
-
-        shutil.rmtree(_ckpt_dir(run.workdir) / str(old), ignore_errors=True)
+    checkpoint.save_step(_ckpt_dir(run.workdir), step, tree, int(run.cfg.train.keep_ckpts))
 
 
 def restore_checkpoint(run: Run, state: update.TrainState, step: int) -> update.TrainState:

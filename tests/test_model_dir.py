@@ -88,6 +88,20 @@ def test_pytree_helpers_round_trip(tmp_path):
     assert int(back["step"]) == 7 and np.array_equal(back["w"]["a"], tree["w"]["a"])
 
 
+def test_step_checkpoints_resume_point_and_pruning(tmp_path):
+    folder = tmp_path / "checkpoints"
+    assert checkpoint.latest_step(folder) is None  # no folder yet
+    for step in (2, 10, 4):
+        checkpoint.save_step(folder, step, {"x": np.full(3, step, np.float32)}, keep=2)
+    (folder / "11.orbax-checkpoint-tmp-0").mkdir()  # an unfinished write is not a step
+    assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["10", "4"]
+    assert checkpoint.latest_step(folder) == 10
+    checkpoint.save_step(folder, 10, {"x": np.zeros(3, np.float32)}, keep=0)  # replaces step 10
+    got = checkpoint.restore_pytree(folder / "10", {"x": jax.ShapeDtypeStruct((3,), np.float32)})
+    np.testing.assert_array_equal(got["x"], np.zeros(3))
+    assert checkpoint.latest_step(folder) == 10
+
+
 def test_missing_wheel_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(default.importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("RLVR_JAX_CACHE", str(tmp_path / "cache"))

@@ -173,19 +173,6 @@ def _ckpt_dir(workdir: Path) -> Path:
     return workdir / "checkpoints"
 
 
-def _latest(workdir: Path) -> int:
-    d = _ckpt_dir(workdir)
-    steps = [int(p.name) for p in d.iterdir() if p.name.isdigit()] if d.is_dir() else []
-    return max(steps, default=0)
-
-
-def _save_ckpt(workdir: Path, st: sft.SFTState, step: int, keep: int) -> None:
-    checkpoint.save_pytree(_ckpt_dir(workdir) / str(step), {"leaves": jax.tree.leaves(st)})
-    done = sorted(int(p.name) for p in _ckpt_dir(workdir).iterdir() if p.name.isdigit())
-    for old in done[:-keep]:
-        shutil.rmtree(_ckpt_dir(workdir) / str(old), ignore_errors=True)
-
-
 def _restore_ckpt(workdir: Path, st: sft.SFTState, step: int) -> sft.SFTState:
     leaves, treedef = jax.tree.flatten(st)
     abstract = {"leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]}
@@ -264,7 +251,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer)
     st = jax.device_put(st, jax.devices()[0])
     writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
-    first = _latest(workdir)
+    first = checkpoint.latest_step(_ckpt_dir(workdir)) or 0
     if first:
         st = _restore_ckpt(workdir, st, first)
         writer.truncate_after(first)
@@ -291,7 +278,12 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
                 f"rlvr_jax: after epoch {len([e for e in epoch_ends if e <= i + 1])}: " + _line(fig)
             )
         if (i + 1) % int(cfg.train.ckpt_every) == 0 or i + 1 == len(plan):
-            _save_ckpt(workdir, st, i + 1, int(cfg.train.keep_ckpts))
+            checkpoint.save_step(
+                _ckpt_dir(workdir),
+                i + 1,
+                {"leaves": jax.tree.leaves(st)},
+                int(cfg.train.keep_ckpts),
+            )
         if stop_after is not None and done_here >= stop_after and i + 1 < len(plan):
             writer.close()
             return {"stopped_at": i + 1}
