@@ -92,11 +92,11 @@ def eval_rows(cfg: Any, held: list[data.Example]) -> list[dict]:
     if k <= 0:
         return rows
     rng = np.random.default_rng([int(cfg.seed), 4])
+    kinds = sorted({r["kind"] for r in rows if r["kind"].startswith("probe:")})
     kept, picks = [], {}
     for r in rows:
         if r["kind"].startswith("probe:"):
             if r["question"] not in picks:
-                kinds = sorted({x["kind"] for x in rows if x["kind"].startswith("probe:")})
                 picks[r["question"]] = set(
                     rng.choice(kinds, size=min(k, len(kinds)), replace=False)
                 )
