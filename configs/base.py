@@ -30,7 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "default"  # model directory, "default", "distilled" or "policy" (initial policy)
     )
     c.judge.reward = "soft"
-    c.judge.template = "paper"  # "paper": the released judge's prompt; "short": for small judges
+    # "auto": the prompt settings stored with the judge (judge.json, written by rlvr_jax.distill),
+    # else "paper" (the released judge's prompt); "short": for small judges; or a format string.
+    c.judge.template = "auto"
     c.judge.max_prompt_len = 512
     c.judge.batch_size = 16
 

@@ -14,7 +14,7 @@ def get_config(arg: str | None = None):
     # SmolLM2-135M used zero-shot as a judge does not separate right from wrong answers; the judge
     # distilled from labelled economics rows (python -m rlvr_jax.distill) does, and is the default.
     c.judge.model = "distilled"
-    c.judge.template = "short"
+    c.judge.template = "auto"  # the distilled judge's own: the short prompt it was trained on
     c.judge.reward = "soft"
     c.data.train = ("data/economics/train.jsonl",)
     c.data.test = ("data/economics/test.jsonl",)

@@ -32,6 +32,9 @@ def get_config(arg: str | None = None):
     c.distill.questions_per_source = 0  # 0: every training question of each source
     c.distill.other_answers = 1  # per question: other questions' references labelled NO
     c.distill.yes_forms = 1  # each YES answer written in this many final-line forms
+    # Share of answers (YES and NO) rewritten in another surface form ("$25" -> "25 dollars"),
+    # so that the judge compares values, not spellings: examples.surface_forms.
+    c.distill.surface_rate = 0.5
     c.distill.probes_per_question = 1  # master-key negatives per question
     c.distill.probe_kinds = ()  # () = every kind in probes.PROBES
     c.distill.math_questions = 0  # for the "math" teacher

@@ -188,12 +188,15 @@ class RewardRunner:
         judge = None
         spec = str(cfg.judge.model)
         if spec:
+            judge_dir = None
             if spec == "policy":  # the initial policy judges (its weights are never trained)
                 jm = policy._replace(state=jax.tree.map(lambda x: x.copy(), policy.state))
             else:
-                jm = load_sharded(resolve_model_dir(spec), mesh)
-            jcfg = reward.JudgeConfig(
-                template=str(cfg.judge.template),
+                judge_dir = resolve_model_dir(spec)
+                jm = load_sharded(judge_dir, mesh)
+            jcfg = reward.judge_config_for(
+                judge_dir,
+                str(cfg.judge.template),
                 max_prompt_len=int(cfg.judge.max_prompt_len),
                 batch_size=int(cfg.judge.batch_size),
             )

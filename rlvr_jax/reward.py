@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import flax.struct
 import jax
@@ -136,6 +138,51 @@ class JudgeConfig:
     @property
     def prompt_format(self) -> str:
         return TEMPLATES.get(self.template, self.template)
+
+    def prompt_settings(self) -> dict:
+        """How this judge's prompts are written: what `JUDGE_FILE` stores next to its weights."""
+        return {
+            "template": self.template,
+            "system": self.system,
+            "chat_template": self.chat_template,
+            "max_prompt_len": self.max_prompt_len,
+        }
+
+
+# A judge's prompt settings, stored in its model directory (and HF export) by the distillation,
+# so that every scorer writes the prompts the judge was trained on.
+JUDGE_FILE = "judge.json"
+
+
+def prompt_settings_of(model_dir: str | Path) -> dict | None:
+    """The prompt settings stored with a judge (`JudgeConfig.prompt_settings`), or None."""
+    path = Path(model_dir) / JUDGE_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        keys = ("template", "system", "chat_template", "max_prompt_len")
+        return {k: d[k] for k in keys}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a judge prompt-settings file ({e!r})") from None
+
+
+def judge_config_for(model_dir: str | Path | None, template: str = "auto", **kw) -> JudgeConfig:
+    """JudgeConfig for the judge in model_dir. template "auto": the judge's stored prompt settings
+    (`JUDGE_FILE`), else the paper's prompt; any other template is used as given, with the
+    default system message. kw: the other JudgeConfig fields (batch_size, max_prompt_len, ...);
+    a stored max_prompt_len wins over the default but not over an explicit one.
+    """
+    kw = {k: v for k, v in kw.items() if v is not None}
+    stored = prompt_settings_of(model_dir) if model_dir is not None else None
+    if template != "auto" or stored is None:
+        settings = {**kw, "template": "paper" if template == "auto" else template}
+    else:
+        settings = {**stored, **kw}
+    if "max_prompt_len" in settings and "buckets" not in settings:
+        top = int(settings["max_prompt_len"])
+        settings["buckets"] = tuple(b for b in JudgeConfig.buckets if b < top) + (top,)
+    return JudgeConfig(**settings)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -96,6 +96,45 @@ def test_labelled_rows_labels_and_master_key_negatives():
     assert E.labelled_rows(exs, seed=0) == E.labelled_rows(exs, seed=0)  # seeded
 
 
+@pytest.mark.parametrize(
+    "answer, forms",
+    [
+        ("$25", ["25 dollars", "25"]),
+        ("25 dollars", ["$25"]),
+        ("$2.5 billion", ["2.5 billion dollars", "2.5 billion"]),
+        ("+4 units", ["4 units", "4"]),
+        ("an inferior good", ["inferior good", "An inferior good"]),
+        ("P = 20", ["20"]),
+        ("-1", ["-1.0"]),
+        ("25%", ["25 percent"]),
+        ("4 million", []),  # a scale word is no unit: "4" would change the value
+        ("GDP", []),  # an acronym keeps its case
+    ],
+)
+def test_surface_forms_keep_the_value(answer, forms):
+    assert E.surface_forms(answer) == forms
+
+
+def test_surface_rate_rewrites_yes_and_no_answers_and_keeps_labels():
+    mk = lambda i, q, ref, reph, dis: data.Example(
+        f"q{i}", q, ({"role": "user", "content": q},), ref, "economics", "economics", "micro",
+        reph, dis,
+    )  # fmt: skip
+    exs = [
+        mk(0, "Price?", "$20", ("P = 20",), ("$60", "$40")),
+        mk(1, "Units?", "+4 units", (), ("-4 units",)),
+    ]
+    plain = E.labelled_rows(exs, seed=0, other_answers=0)
+    rewritten = E.labelled_rows(exs, seed=0, other_answers=0, surface_rate=1.0)
+    assert [r["label"] for r in plain] == [r["label"] for r in rewritten]
+    lines = [reward.last_nonempty_line(r["response"]) for r in rewritten]
+    for r, line in zip(rewritten, lines, strict=True):
+        ex = next(e for e in exs if e.question == r["question"])
+        sources = (ex.reference, *ex.rephrasings) if r["label"] == "YES" else ex.distractors
+        assert any(f in line for a in sources for f in E.surface_forms(a))
+    assert "$60" not in " ".join(lines) and "$20" not in " ".join(lines)  # YES and NO rewritten
+
+
 def test_no_heldout_question_leaks(tmp_path):
     train = [_row(i) for i in range(5)] + [_row(0, split="test")]  # one test question copied in
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
@@ -191,14 +230,18 @@ def _batch(tok, seed=0):
     return rows, ids, buckets[0], bt, jnp.asarray(labels), jnp.asarray(bt.valid, jnp.float32)
 
 
-def test_split_path_equals_plain_forward(tiny_dir, tok):
+@pytest.mark.parametrize("split", [0, 1])  # 0: a scanned block below the top one; 1: top only
+def test_split_path_equals_plain_forward(tiny_dir, tok, split):
     m = load_model(tiny_dir)
     rows, ids, b, bt, _, _ = _batch(tok)
     yes, no = sm.spelling_ids(tok.token_ids_of(["YES"])), sm.spelling_ids(tok.token_ids_of(["NO"]))
     t = tokens_batch(b, bt)
-    block_def, stacked = sm.stack_blocks(m.graphdef, m.state, 0, 1)
-    h = sm.bottom(block_def, stacked, m.state["embed"][...], t)
-    got = sm.score(m.graphdef, m.state, 1, h, yes, no)
+    if split:
+        block_def, stacked = sm.stack_blocks(m.graphdef, m.state, 0, split)
+        h = sm.bottom(block_def, stacked, m.state["embed"][...], t)
+    else:
+        h = sm.embed_jit(m.state["embed"][...], t)
+    got = sm.score(m.graphdef, m.state, split, h, yes, no)
     full = [ids[r] for r in b.rows[bt.suffixes]]
     pids, mask = left_pad(full, None, tok.pad_id)
     logits, _ = forward(m.graphdef, m.state, jnp.asarray(pids), positions_from_mask(mask), mask)
@@ -312,6 +355,11 @@ def test_distill_resumes_exactly_and_exports(tmp_path, tiny_dir):
 
     back = tmp_path / "back"
     assert convert_checkpoint.main(["hf-to-jax", str(tmp_path / "a" / "judge_hf"), str(back)]) == 0
+    from rlvr_jax.distill import prompts
+
+    trained_on = prompts.judge_config(str(cfg.judge.template), int(cfg.judge.max_prompt_len))
+    for d in (tmp_path / "a" / "judge", tmp_path / "a" / "judge_hf", back):
+        assert reward.prompt_settings_of(d) == trained_on.prompt_settings(), d
     rows = [
         {"question": "Q1 test: what is item 1?", "reference": "zeta1", "response": r}
         for r in ("Therefore, the answer is zeta1", "Thought process:", "omega1a")
@@ -328,9 +376,7 @@ def test_distill_resumes_exactly_and_exports(tmp_path, tiny_dir):
             str(inp),
             "--out",
             str(out),
-            "--template",
-            "short",
-        ]
+        ]  # no --template: the prompt settings stored with the judge
         assert score.main(args) == 0
         outs.append([json.loads(x) for x in out.read_text().splitlines()])
     for r1, r2 in zip(*outs, strict=True):

@@ -119,6 +119,45 @@ def test_score_fields_empty_response_and_order(model_dir, tmp_path):
     assert got[1]["soft"] == 0 and got[1]["binary"] == 0 and got[1]["soft_normalized"] == 0
 
 
+def test_score_uses_the_prompt_settings_stored_with_the_judge(model_dir, tmp_path):
+    """A distilled judge carries judge.json (the prompts it was trained on); score.py's default
+    --template auto uses it, and differs from the paper prompt it would otherwise use."""
+    import shutil
+
+    import numpy as np
+
+    from rlvr_jax import reward as W
+    from rlvr_jax.models.model_dir import load_model
+
+    judge = tmp_path / "judge"
+    shutil.copytree(model_dir, judge)
+    settings = {
+        "template": "Q: {question}\nRef: {reference}\nSame? {response}",
+        "system": None,
+        "chat_template": False,
+        "max_prompt_len": 256,
+    }
+    (judge / W.JUDGE_FILE).write_text(json.dumps(settings))
+    rows = [
+        {"question": "2+2?", "reference": "4", "response": "the answer is 4"},
+        {"question": "Capital of France?", "reference": "Paris", "response": "Lyon"},
+    ]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    base = ["--judge", judge, "--input", inp, "--batch-size", "2"]
+    assert score.main([str(a) for a in base + ["--out", tmp_path / "auto.jsonl"]]) == 0
+    args = base + ["--out", tmp_path / "paper.jsonl", "--template", "paper"]
+    assert score.main([str(a) for a in args]) == 0
+    auto = [r["p_yes"] for r in read_jsonl(tmp_path / "auto.jsonl")]
+    paper = [r["p_yes"] for r in read_jsonl(tmp_path / "paper.jsonl")]
+    m = load_model(judge)
+    cfg = W.JudgeConfig(**settings, batch_size=2, buckets=(64, 128, 256))
+    want = W.Judge(m.graphdef, m.state, m.tokenizer, cfg).score(
+        [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
+    )
+    np.testing.assert_allclose(auto, want.p_yes, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(auto, paper, rtol=1e-3, atol=0)
+
+
 def test_score_malformed_row_via_subprocess(model_dir, tmp_path):
     inp = write_jsonl(
         tmp_path / "in.jsonl",

@@ -52,6 +52,14 @@ def _size(text: str) -> int:
     return int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]
 
 
+def _judge_file(src: Path) -> dict[str, str]:
+    """A judge's stored prompt settings (reward.JUDGE_FILE), carried across a conversion."""
+    from rlvr_jax.reward import JUDGE_FILE
+
+    path = Path(src) / JUDGE_FILE
+    return {JUDGE_FILE: path.read_text()} if path.is_file() else {}
+
+
 def hf_to_jax(args: argparse.Namespace) -> Path:
     from rlvr_jax.models.hf_io import load_hf, read_hf_config
     from rlvr_jax.models.model_dir import save_model
@@ -63,7 +71,7 @@ def hf_to_jax(args: argparse.Namespace) -> Path:
         raise CheckpointFormatError(f"{src}: no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     tokenizer = Tokenizer.from_dir(src)
     cfg, state = load_hf(src, dtype=args.dtype)
-    return save_model(dest, cfg, state, tokenizer)
+    return save_model(dest, cfg, state, tokenizer, _judge_file(src))
 
 
 def jax_to_hf(args: argparse.Namespace) -> Path:
@@ -73,7 +81,14 @@ def jax_to_hf(args: argparse.Namespace) -> Path:
     dest = _fresh(Path(args.dest))
     max_shard = _size(args.max_shard_size)
     m = load_model(args.src, dtype=args.dtype)
-    save_hf(dest, m.cfg, m.state, m.tokenizer, max_shard_bytes=max_shard)
+    save_hf(
+        dest,
+        m.cfg,
+        m.state,
+        m.tokenizer,
+        max_shard_bytes=max_shard,
+        extra_files=_judge_file(args.src),
+    )
     return dest
 
 

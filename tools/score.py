@@ -1,10 +1,12 @@
 """Score responses with a generative judge (soft and binary rewards) and the rule-based rewards.
 
     python tools/score.py --judge MODEL_DIR --input IN.jsonl --out OUT.jsonl
-        [--template paper|short] [--max-prompt-len N] [--batch-size B] [--math]
+        [--template auto|paper|short] [--max-prompt-len N] [--batch-size B] [--math]
 
 Input rows: {"question": str, "reference": str, "response": str} (other keys are kept). The judge
-sees the response's last non-empty line in the paper's verifier prompt (see rlvr_jax/reward.py).
+sees the response's last non-empty line in its prompt: by default the prompt settings stored with
+the judge (MODEL_DIR/judge.json, written by `rlvr_jax.distill`: the prompts it was trained on),
+else the paper's verifier prompt (see rlvr_jax/reward.py).
 Output rows add `p_yes`, `p_no`, `verdict` ("YES" if the judge's greedy first token is a YES
 spelling, else "NO"), `verdict_token` (that token's text), `soft` (paper Eq. 4), `soft_normalized`
 (p_yes / (p_yes + p_no)), `binary`, `rule_binary` (reference occurs in the response),
@@ -30,8 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--judge", required=True, type=Path, help="judge model directory")
     p.add_argument("--input", required=True, type=Path, help="input JSONL")
     p.add_argument("--out", required=True, type=Path, help="output JSONL")
-    p.add_argument("--template", default="paper", help="paper | short | a format string")
-    p.add_argument("--max-prompt-len", type=int, default=1024, help="judge prompt token budget")
+    p.add_argument(
+        "--template",
+        default="auto",
+        help="auto (the judge's stored prompt settings, else paper) | paper | short | a format",
+    )
+    p.add_argument("--max-prompt-len", type=int, default=None, help="judge prompt token budget")
     p.add_argument("--batch-size", type=int, default=16, help="judge prompts per jitted call")
     p.add_argument("--math", action="store_true", help="also score math equivalence")
     p.add_argument("--mesh", default="-1,1,1", help="device mesh DATA,FSDP,TENSOR (-1: the rest)")
@@ -66,12 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from rlvr_jax.models.config import ConfigError
 
     try:
-        buckets = tuple(b for b in W.JudgeConfig.buckets if b < args.max_prompt_len)
-        cfg = W.JudgeConfig(
-            template=args.template,
-            system=W.SYSTEM_MESSAGE if args.template != "short" else None,
+        cfg = W.judge_config_for(
+            args.judge,
+            args.template,
             max_prompt_len=args.max_prompt_len,
-            buckets=buckets + (args.max_prompt_len,),
             batch_size=args.batch_size,
         )
     except ValueError as e:

@@ -19,6 +19,7 @@ training: probes.answer_rows (reference/rephrasings YES, distractors NO) plus ev
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -41,6 +42,50 @@ EXTRA_FORMS: tuple[str, ...] = (
 TRAIN_FORMS = probes.ANSWER_FORMS + EXTRA_FORMS
 
 
+_NUM = r"[-+]?\d[\d,]*(?:\.\d+)?"
+_SCALE = r"(?: (?:thousand|million|billion|trillion))?"
+_NOT_UNITS = {"thousand", "million", "billion", "trillion", "dollars", "percent"}
+
+
+def surface_forms(answer: str) -> list[str]:
+    """Rewrites of an answer that keep its meaning: "$25" as "25 dollars", "+4 units" as "4",
+    "an inferior good" as "inferior good", "P = 20" as "20", "-1" as "-1.0", a changed first
+    letter case. The held-out errors of the distilled judge were such pairs judged different
+    (a reference "$25" against the response "25 dollars"); training on rewritten answers, YES
+    and NO alike, teaches that the surface form is not the cue. Empty when no rule applies."""
+    a = answer.strip().rstrip(".").strip()
+    out = []
+    if m := re.fullmatch(rf"\$\s?({_NUM}{_SCALE})", a):
+        out += [f"{m[1]} dollars", m[1]]
+    if m := re.fullmatch(rf"({_NUM}{_SCALE}) dollars", a):
+        out.append(f"${m[1]}")
+    if m := re.fullmatch(rf"({_NUM})\s?%", a):
+        out.append(f"{m[1]} percent")
+    if m := re.fullmatch(rf"({_NUM}) percent", a):
+        out.append(f"{m[1]}%")
+    if m := re.fullmatch(r"\+(\d.*)", a):
+        out.append(m[1])
+    if (m := re.fullmatch(rf"[-+]?{_NUM} ([a-z]+)", a)) and m[1] not in _NOT_UNITS:
+        out.append(a.split(" ")[0].lstrip("+"))  # "+4 units" -> "4"
+    if m := re.fullmatch(r"(?:a|an|the) (.+)", a, flags=re.IGNORECASE):
+        out.append(m[1])
+    if m := re.fullmatch(r"[A-Za-z]\w{0,3} ?= ?(.+)", a):
+        out.append(m[1])
+    if re.fullmatch(r"[-+]?\d+", a):
+        out.append(f"{a}.0")
+    if a[:1].isalpha() and not a[:2].isupper():
+        out.append((a[0].lower() if a[0].isupper() else a[0].upper()) + a[1:])
+    return [x for x in dict.fromkeys(out) if x and x != answer]
+
+
+def _rewrite(answer: str, rate: float, rng: np.random.Generator) -> str:
+    """With probability `rate`, one of the answer's `surface_forms` (when it has any)."""
+    forms = surface_forms(answer)
+    if not forms or rng.random() >= rate:
+        return answer
+    return forms[int(rng.integers(len(forms)))]
+
+
 class LeakError(ValueError):
     """A held-out question appears in the training rows."""
 
@@ -59,12 +104,18 @@ def _form(answer: str, rng: np.random.Generator) -> str:
 
 
 def labelled_rows(
-    examples: Sequence[Example], seed: int, other_answers: int = 1, yes_forms: int = 1
+    examples: Sequence[Example],
+    seed: int,
+    other_answers: int = 1,
+    yes_forms: int = 1,
+    surface_rate: float = 0.0,
 ) -> list[dict]:
     """Rows labelled by the data: per question, the reference and rephrasings (YES, each in
     `yes_forms` forms), the distractors (NO) and `other_answers` references of other questions
-    of the same subject (NO; harder than random ones). Same seed, same rows."""
+    of the same subject (NO; harder than random ones). Each answer, YES or NO, is replaced by one
+    of its `surface_forms` with probability `surface_rate`. Same seed, same rows."""
     rng = np.random.default_rng([seed, 1])
+    form = lambda a: _form(_rewrite(a, surface_rate, rng), rng)
     by_subject: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
         by_subject.setdefault(ex.subject, []).append(i)
@@ -73,9 +124,9 @@ def labelled_rows(
         yes = [ex.reference, *ex.rephrasings]
         for k, a in enumerate(yes * yes_forms):
             kind = "reference" if k % len(yes) == 0 else "rephrasing"
-            rows.append(_row(ex, _form(a, rng), "YES", kind, k, "data"))
+            rows.append(_row(ex, form(a), "YES", kind, k, "data"))
         for k, a in enumerate(ex.distractors):
-            rows.append(_row(ex, _form(a, rng), "NO", "distractor", k, "data"))
+            rows.append(_row(ex, form(a), "NO", "distractor", k, "data"))
         own = {_norm(a) for a in yes}
         pool = [j for j in by_subject[ex.subject] if j != i]
         picked = 0
@@ -85,7 +136,7 @@ def labelled_rows(
             other = examples[j].reference
             if _norm(other) in own:  # two questions with the same answer: not a negative
                 continue
-            rows.append(_row(ex, _form(other, rng), "NO", "other_answer", picked, "data"))
+            rows.append(_row(ex, form(other), "NO", "other_answer", picked, "data"))
             picked += 1
     return rows
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax import builders, checkpoint, data, update
+from rlvr_jax import builders, checkpoint, data, reward, update
 from rlvr_jax.cpu_meter import CpuMeter
 from rlvr_jax.distill import cache as act_cache
 from rlvr_jax.distill import evaluation, examples, prompts, sft, units
@@ -66,7 +66,9 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
     rows, asked = [], list(train)
     for t in d.teachers:
         if t == "data":
-            rows += examples.labelled_rows(train, seed, int(d.other_answers), int(d.yes_forms))
+            rows += examples.labelled_rows(
+                train, seed, int(d.other_answers), int(d.yes_forms), float(d.surface_rate)
+            )
         elif t == "math":
             src = f"math:{int(d.math_questions)}:{seed}"
             maths = data.load_examples(src, "train", system_prompt=None).examples
@@ -305,7 +307,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         "passes": evaluation.passes(distilled),
     }
     results["scorer_check"] = scorer_check(model, state, jcfg, held, rewards)
-    _save_judge(workdir, model, state, bool(cfg.train.export_hf))
+    _save_judge(workdir, model, state, jcfg, bool(cfg.train.export_hf))
     results["cpu"] = {**meter.read(), **phases}
     cols = {"zero-shot": zero_shot, "distilled": distilled}
     Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
@@ -344,14 +346,16 @@ def scorer_check(model, state, jcfg, held: Prepared, rewards: dict, n: int = 8) 
     return {"rows": len(idx), "max_abs_diff_p_yes": diff, "same_binary": same}
 
 
-def _save_judge(workdir: Path, model, state, export_hf: bool) -> None:
+def _save_judge(workdir: Path, model, state, jcfg, export_hf: bool) -> None:
     """The judge as a model directory and (optionally) a Hugging Face export, replacing any
-    partial earlier attempt."""
+    partial earlier attempt; both carry the prompt settings it was trained on (reward.JUDGE_FILE),
+    which scorers use by default."""
     from rlvr_jax.models import hf_io
 
     state = jax.device_get(state)
+    extra = {reward.JUDGE_FILE: json.dumps(jcfg.prompt_settings(), indent=2) + "\n"}
     for name in ("judge", "judge_hf"):
         shutil.rmtree(workdir / name, ignore_errors=True)
-    save_model(workdir / "judge", model.cfg, state, model.tokenizer)
+    save_model(workdir / "judge", model.cfg, state, model.tokenizer, extra)
     if export_hf:
-        hf_io.save_hf(workdir / "judge_hf", model.cfg, state, model.tokenizer)
+        hf_io.save_hf(workdir / "judge_hf", model.cfg, state, model.tokenizer, extra_files=extra)

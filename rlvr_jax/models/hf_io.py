@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import jax
@@ -274,13 +274,14 @@ def save_hf(
     tokenizer=None,
     max_shard_bytes: int = 2 * 2**30,
     dtype: str | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> None:
     """Write a HF model directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
     Files: config.json, generation_config.json, model.safetensors (or model-0000i-of-0000n shards
     plus model.safetensors.index.json when larger than `max_shard_bytes`), tokenizer files when a
-    `rlvr_jax.tokenizer.Tokenizer` is given. Written to a temporary sibling directory that is
-    renamed into place; `hf_dir` must not exist.
+    `rlvr_jax.tokenizer.Tokenizer` is given, and extra_files ({name: text}). Written to a
+    temporary sibling directory that is renamed into place; `hf_dir` must not exist.
     """
     hf_dir = Path(hf_dir)
     if hf_dir.exists():
@@ -310,6 +311,8 @@ def save_hf(
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         tmp.rename(hf_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

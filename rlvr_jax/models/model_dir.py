@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,11 +37,16 @@ class LoadedModel(NamedTuple):
 
 
 def save_model(
-    model_dir: str | Path, cfg: ModelConfig, state: nnx.State, tokenizer: Tokenizer
+    model_dir: str | Path,
+    cfg: ModelConfig,
+    state: nnx.State,
+    tokenizer: Tokenizer,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write cfg, tokenizer and params as a new model directory (which must not exist).
 
-    The stored dtype is that of `state`'s arrays; cfg.dtype is set to match.
+    The stored dtype is that of `state`'s arrays; cfg.dtype is set to match. extra_files: {name:
+    text} written beside them (e.g. a judge's prompt settings, reward.JUDGE_FILE).
     """
     model_dir = Path(model_dir).absolute()
     if model_dir.exists():
@@ -55,6 +61,8 @@ def save_model(
     try:
         (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
         tokenizer.save(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         checkpoint.save_pytree(tmp / PARAMS, nnx.to_pure_dict(state))
         try:
             tmp.rename(model_dir)

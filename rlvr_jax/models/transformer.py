@@ -89,24 +89,24 @@ class Attention(nnx.Module):
         self.cfg = cfg
         self.groups = h // hkv
 
-    def __call__(self, x, positions, mask, kv):
-        """x [N,T,D], positions [N,T], mask [N,T,S] bool, kv: None or (k_cache, v_cache, index).
-
-        Returns ([N,T,D], (k, v)) where k, v are [N,S,Hkv,K]: the updated cache, or this step's keys
-        and values when there is no cache (S = T).
-        """
+    def project_q(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Rotated queries [N,T,H,K] of x [N,T,D] at positions [N,T]."""
         q = jnp.einsum("ntd,dhk->nthk", x, self.q[...])
+        if self.has_bias:
+            q = q + self.q_bias[...]
+        return apply_rope(q, positions, rope_inv_freq(self.cfg))
+
+    def project_kv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Rotated keys and values, each [N,T,Hkv,K], of x [N,T,D] at positions [N,T]."""
         k = jnp.einsum("ntd,dhk->nthk", x, self.k[...])
         v = jnp.einsum("ntd,dhk->nthk", x, self.v[...])
         if self.has_bias:
-            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
-        inv_freq = rope_inv_freq(self.cfg)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
-        if kv is not None:
-            k_cache, v_cache, index = kv
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            k, v = k + self.k_bias[...], v + self.v_bias[...]
+        return apply_rope(k, positions, rope_inv_freq(self.cfg)), v
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        """Queries q [N,T,H,K] over keys/values [N,S,Hkv,K] where mask [N,T,S] is True, then the
+        output projection: [N,T,D]. Scores and softmax in fp32."""
         n, t, h, kd = q.shape
         hkv = k.shape[2]
         qg = q.reshape(n, t, hkv, self.groups, kd)
@@ -115,7 +115,21 @@ class Attention(nnx.Module):
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
         out = jnp.einsum("ngrts,nsgk->ntgrk", probs, v.astype(q.dtype)).reshape(n, t, h, kd)
-        return jnp.einsum("nthk,hkd->ntd", out, self.o[...]), (k, v)
+        return jnp.einsum("nthk,hkd->ntd", out, self.o[...])
+
+    def __call__(self, x, positions, mask, kv):
+        """x [N,T,D], positions [N,T], mask [N,T,S] bool, kv: None or (k_cache, v_cache, index).
+
+        Returns ([N,T,D], (k, v)) where k, v are [N,S,Hkv,K]: the updated cache, or this step's keys
+        and values when there is no cache (S = T).
+        """
+        q = self.project_q(x, positions)
+        k, v = self.project_kv(x, positions)
+        if kv is not None:
+            k_cache, v_cache, index = kv
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        return self.attend(q, k, v, mask), (k, v)
 
 
 class MLP(nnx.Module):
