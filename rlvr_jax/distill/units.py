@@ -209,13 +209,21 @@ def pack(
 
 def batch_shape(bucket: Bucket, batch_tokens: int) -> tuple[int, int]:
     """(U, N) for a bucket: about `batch_tokens` suffix tokens per batch (N a multiple of 8, no
-    more than the bucket holds), and prefix slots for the units that many suffixes need."""
+    more than the bucket holds), and the number of prefix slots U that computes the fewest tokens
+    when the bucket's units are packed (unused slots are computed too: too many waste prefixes,
+    too few leave suffix slots empty)."""
     p, s = bucket.shape
     total = len(bucket.rows)
     n = min(max(8, batch_tokens // s // 8 * 8), -(-total // 8) * 8)
     per_unit = total / bucket.num_units
-    u = min(bucket.num_units, max(1, int(np.ceil(1.25 * n / per_unit))))
-    return u, n
+    need = n / per_unit  # prefix slots for n suffixes of average-sized units
+    lo, hi = max(1, int(0.75 * need)), max(1, int(np.ceil(1.5 * need)))
+    order = np.arange(bucket.num_units)
+    cost = {
+        u: len(pack(bucket, 0, order, u, n)) * (u * p + n * s)
+        for u in range(lo, min(hi, bucket.num_units) + 1)
+    }
+    return min(cost, key=lambda u: (cost[u], u)), n
 
 
 def epoch_batches(
