@@ -9,7 +9,8 @@ is two jitted pure functions over (graphdef, state):
 - decode: a `lax.while_loop` samples one token per step for all N rows and stops as soon as every
   row has emitted a stop token (or after L tokens). The cache is donated and carried through the
   loop, so XLA updates it in place; the weights are read in place (no per-step copies: layers are
-  unrolled, see models/transformer.py).
+  unrolled, see models/transformer.py). On XLA:CPU the step runs on a transposed copy of the
+  weights made once per call (models/decode.py: its products are about 1.5x faster).
 
 Sampling costs little next to the forward: greedy is an argmax; temperature sampling draws one
 uniform per row and inverts the CDF (not N*V Gumbel draws); top-k uses `lax.top_k`; top-p alone
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlvr_jax.models.decode import decode_step, decode_weights, use_decode_layout
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 from rlvr_jax.tokenizer import Message, Tokenizer, bucket_length, left_pad
@@ -253,11 +255,19 @@ def decode(
         i, _, done, *_ = carry
         return (i < big_l) & ~jnp.all(done)
 
+    if use_decode_layout():  # XLA:CPU: transposed weights, ~1.5x faster products (decode.py)
+        cfg = nnx.merge(graphdef, state).cfg  # trace time only: the model's static config
+        dw = decode_weights(graphdef, state)
+        step = lambda tok, pos, cache: decode_step(cfg, dw, tok, pos, cache)
+    else:
+
+        def step(tok, pos, cache):
+            hidden, cache = forward(graphdef, state, tok[:, None], pos[:, None], None, cache, True)
+            return lm_logits(graphdef, state, hidden[:, 0]), cache
+
     def body(carry):
         i, tok, done, cache, toks, lps, mask = carry
-        positions = (pos0 + i - 1)[:, None]
-        hidden, cache = forward(graphdef, state, tok[:, None], positions, None, cache, True)
-        logits = lm_logits(graphdef, state, hidden[:, 0])
+        logits, cache = step(tok, pos0 + i - 1, cache)
         tok, lp, live, done = pick(logits, i, done)
         toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
         lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))

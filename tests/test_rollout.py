@@ -349,9 +349,63 @@ def test_inverse_cdf_draws_match_probabilities():
     assert (np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1e-9).all()
 
 
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_qwen"])  # tied GQA; bias, untied, 1 kv head
+def test_decode_step_layout_equals_model_forward(which, request):
+    """models/decode.py's transposed-layout step computes what the model's cached forward does."""
+    from rlvr_jax.models.decode import decode_step, decode_weights
+
+    cfg, graphdef, state = jax_from_torch(request.getfixturevalue(which))
+    ids, mask, _ = R.pad_prompts(ragged_prompts(3, [5, 9, 2]), 0, (16,))
+    cache, _ = R.prefill(graphdef, state, ids, mask, 24)
+    w = jax.jit(decode_weights, static_argnums=0)(graphdef, state)
+    step = jax.jit(lambda c, t, p: decode_step(cfg, w, t, p, c))
+    ref = jax.jit(lambda c, t, p: forward(graphdef, state, t[:, None], p[:, None], None, c))
+    pos = jnp.asarray(mask.sum(-1), jnp.int32)
+    tok = jnp.asarray([7, 11, 13], jnp.int32)
+    got_cache, want_cache = cache, cache
+    for i in range(4):
+        got, got_cache = step(got_cache, tok, pos + i)
+        want, want_cache = ref(want_cache, tok, pos + i)
+        np.testing.assert_allclose(got, want[:, 0], rtol=1e-5, atol=1e-5)
+        tok = jnp.argmax(want[:, 0], axis=-1).astype(jnp.int32)
+    for a, b in zip(jax.tree.leaves(got_cache), jax.tree.leaves(want_cache), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _computations(hlo: str) -> dict[str, str]:
+    """HLO text -> {computation name: its text}."""
+    import re
+
+    out, name = {}, None
+    for line in hlo.splitlines():
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if m:
+            name, out[m.group(1)] = m.group(1), ""
+        elif name is not None:
+            out[name] += line + "\n"
+    return out
+
+
+def _called(comps: dict[str, str], root: str) -> set[str]:
+    """root and every computation it calls, transitively."""
+    import re
+
+    seen, todo = set(), [root]
+    while todo:
+        c = todo.pop()
+        if c in seen or c not in comps:
+            continue
+        seen.add(c)
+        todo += re.findall(
+            r"(?:calls|body|condition|to_apply|branch_computations)=\{?%?([\w.\-]+)", comps[c]
+        )
+    return seen
+
+
 def test_decode_loop_copies_no_weights():
     """The compiled decode loop reads weights in place: no copy or transpose of any weight-shaped
-    array (a scan over stacked layers, for one, would copy every layer's weights every step)."""
+    array inside the loop (a scan over stacked layers, for one, would copy every layer's weights
+    every step). The CPU layout's transposed copy is made once, before the loop."""
     import re
 
     from rlvr_jax.models.transformer import init_model
@@ -363,8 +417,14 @@ def test_decode_loop_copies_no_weights():
     sc = R.SamplingConfig(8, 1.0)
     args = (graphdef, state, cache, first, np.repeat(mask, 2, 0), jax.random.key(0), sc)
     hlo = R.decode.lower(*args).compile().as_text()
+    comps = _computations(hlo)
+    bodies = re.findall(r" while\(.*body=%?([\w.\-]+)", hlo)
+    # The decode loop is the largest (the others are sampling's small inner loops).
+    loops = ["".join(comps[c] for c in _called(comps, b)) for b in bodies]
+    loop = max(loops, key=len)
+    assert "dot(" in loop and len(re.findall(r" dot\(", loop)) >= 7 * cfg.num_layers
     weights = {tuple(x.shape) for x in jax.tree.leaves(state) if x.ndim > 1}
     weights |= {s[::-1] for s in weights}
-    moved = re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} (?:copy|transpose)\(", hlo)
+    moved = re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} (?:copy|transpose)\(", loop)
     assert moved, "the pattern should see the (small) activation copies"
     assert not weights & {tuple(int(d) for d in m.split(",")) for m in moved}

@@ -61,6 +61,19 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention: q [N,T,H,K] over k, v [N,S,Hkv,K] where mask [N,T,S] is True.
+    Returns [N,T,H,K] (before the output projection). Scores and softmax in fp32."""
+    n, t, h, kd = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(n, t, hkv, h // hkv, kd)
+    scores = jnp.einsum("ntgrk,nsgk->ngrts", qg, k.astype(q.dtype)).astype(jnp.float32)
+    scores = scores / np.sqrt(kd).astype(np.float32)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("ngrts,nsgk->ntgrk", probs, v.astype(q.dtype)).reshape(n, t, h, kd)
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, dtype):
         self.scale = nnx.Param(jnp.ones((dim,), dtype), out_sharding=("norm",))
@@ -87,7 +100,6 @@ class Attention(nnx.Module):
         self.has_bias = cfg.attention_bias
         # The config, not an inv_freq array: an array attribute would become a leaf of the state.
         self.cfg = cfg
-        self.groups = h // hkv
 
     def project_q(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Rotated queries [N,T,H,K] of x [N,T,D] at positions [N,T]."""
@@ -106,16 +118,8 @@ class Attention(nnx.Module):
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
         """Queries q [N,T,H,K] over keys/values [N,S,Hkv,K] where mask [N,T,S] is True, then the
-        output projection: [N,T,D]. Scores and softmax in fp32."""
-        n, t, h, kd = q.shape
-        hkv = k.shape[2]
-        qg = q.reshape(n, t, hkv, self.groups, kd)
-        scores = jnp.einsum("ntgrk,nsgk->ngrts", qg, k.astype(q.dtype)).astype(jnp.float32)
-        scores = scores / np.sqrt(kd).astype(np.float32)
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("ngrts,nsgk->ntgrk", probs, v.astype(q.dtype)).reshape(n, t, h, kd)
-        return jnp.einsum("nthk,hkd->ntd", out, self.o[...])
+        output projection: [N,T,D]."""
+        return jnp.einsum("nthk,hkd->ntd", attention(q, k, v, mask), self.o[...])
 
     def __call__(self, x, positions, mask, kv):
         """x [N,T,D], positions [N,T], mask [N,T,S] bool, kv: None or (k_cache, v_cache, index).
