@@ -372,6 +372,17 @@ def test_decode_step_layout_equals_model_forward(which, request):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_cpu_decode_layout_also_under_a_one_device_mesh():
+    """The trainer samples under `jax.set_mesh` (a 1x1x1 mesh on a laptop): the CPU layout
+    must apply there too, not only outside a mesh context."""
+    from rlvr_jax import mesh as mesh_lib
+    from rlvr_jax.models.decode import use_decode_layout
+
+    assert use_decode_layout()
+    with jax.set_mesh(mesh_lib.make_mesh("1,1,1")):
+        assert use_decode_layout()
+
+
 def _computations(hlo: str) -> dict[str, str]:
     """HLO text -> {computation name: its text}."""
     import re

@@ -140,7 +140,9 @@ def decode_step(
 
 
 def use_decode_layout() -> bool:
-    """Whether the sampler should use `decode_step` (decided at trace time): on the CPU backend
-    outside a mesh context. GPUs and TPUs run either layout well, and under a mesh the canonical
-    path keeps the sharding rules of models/transformer.py."""
-    return jax.default_backend() == "cpu" and jax.sharding.get_abstract_mesh().empty
+    """Whether the sampler should use `decode_step` (decided at trace time): on the CPU backend,
+    outside a mesh context or under a one-device mesh (the trainer's on a laptop). GPUs and TPUs
+    run either layout well, and on a mesh of several devices the canonical path keeps the
+    sharding rules of models/transformer.py."""
+    am = jax.sharding.get_abstract_mesh()
+    return jax.default_backend() == "cpu" and (am.empty or am.size == 1)
