@@ -161,8 +161,7 @@ def prompt_settings_of(model_dir: str | Path) -> dict | None:
         return None
     try:
         d = json.loads(path.read_text())
-        keys = ("template", "system", "chat_template", "max_prompt_len")
-        return {k: d[k] for k in keys}
+        return {k: d[k] for k in JudgeConfig().prompt_settings()}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a judge prompt-settings file ({e!r})") from None
 

@@ -355,9 +355,9 @@ def test_distill_resumes_exactly_and_exports(tmp_path, tiny_dir):
 
     back = tmp_path / "back"
     assert convert_checkpoint.main(["hf-to-jax", str(tmp_path / "a" / "judge_hf"), str(back)]) == 0
-    from rlvr_jax.distill import prompts
-
-    trained_on = prompts.judge_config(str(cfg.judge.template), int(cfg.judge.max_prompt_len))
+    trained_on = reward.judge_config_for(
+        cfg.judge.model, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
+    )
     for d in (tmp_path / "a" / "judge", tmp_path / "a" / "judge_hf", back):
         assert reward.prompt_settings_of(d) == trained_on.prompt_settings(), d
     rows = [

@@ -12,14 +12,6 @@ from rlvr_jax import reward
 from rlvr_jax.tokenizer import Tokenizer
 
 
-def judge_config(template: str, max_prompt_len: int) -> reward.JudgeConfig:
-    """The reward.JudgeConfig of a distilled judge (buckets grown to hold max_prompt_len)."""
-    buckets = tuple(sorted({*reward.JudgeConfig.buckets, int(max_prompt_len)}))
-    return reward.JudgeConfig(
-        template=template, max_prompt_len=int(max_prompt_len), buckets=buckets
-    )
-
-
 def prompt_ids(
     tokenizer: Tokenizer, rows: Sequence[dict], jcfg: reward.JudgeConfig
 ) -> tuple[list[list[int]], list[bool]]:

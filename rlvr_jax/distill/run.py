@@ -202,7 +202,9 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     model_dir = builders.resolve_model_dir(str(cfg.judge.model))
     model = load_model(model_dir, dtype="float32")
     tok, n_layers = model.tokenizer, model.cfg.num_layers
-    jcfg = prompts.judge_config(str(cfg.judge.template), int(cfg.judge.max_prompt_len))
+    jcfg = reward.judge_config_for(
+        model_dir, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
+    )
     yes_l, no_l = prompts.verdict_ids(tok, jcfg)
     yes, no = sm.spelling_ids(yes_l), sm.spelling_ids(no_l)
     k = int(cfg.optim.train_layers)
