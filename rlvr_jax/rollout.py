@@ -42,7 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.models.decode import decode_step, decode_weights, use_decode_layout
+from rlvr_jax.models.decode import (
+    decode_cache,
+    decode_step,
+    decode_weights,
+    model_cache,
+    use_decode_layout,
+)
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 from rlvr_jax.tokenizer import Message, Tokenizer, bucket_length, left_pad
@@ -255,10 +261,12 @@ def decode(
         i, _, done, *_ = carry
         return (i < big_l) & ~jnp.all(done)
 
-    if use_decode_layout():  # XLA:CPU: transposed weights, ~1.5x faster products (decode.py)
+    cpu_layout = use_decode_layout()
+    if cpu_layout:  # XLA:CPU: transposed weights and cache, faster products (models/decode.py)
         cfg = nnx.merge(graphdef, state).cfg  # trace time only: the model's static config
         dw = decode_weights(graphdef, state)
         step = lambda tok, pos, cache: decode_step(cfg, dw, tok, pos, cache)
+        cache = decode_cache(cache)
     else:
 
         def step(tok, pos, cache):
@@ -276,6 +284,8 @@ def decode(
 
     carry = (jnp.int32(1), tok, done, cache, toks, lps, mask)
     _, _, done, cache, toks, lps, mask = jax.lax.while_loop(cond, body, carry)
+    if cpu_layout:
+        cache = model_cache(cache)
     return toks, mask, lps, done, cache
 
 

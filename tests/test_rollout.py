@@ -352,7 +352,7 @@ def test_inverse_cdf_draws_match_probabilities():
 @pytest.mark.parametrize("which", ["tiny_llama", "tiny_qwen"])  # tied GQA; bias, untied, 1 kv head
 def test_decode_step_layout_equals_model_forward(which, request):
     """models/decode.py's transposed-layout step computes what the model's cached forward does."""
-    from rlvr_jax.models.decode import decode_step, decode_weights
+    from rlvr_jax.models.decode import decode_cache, decode_step, decode_weights, model_cache
 
     cfg, graphdef, state = jax_from_torch(request.getfixturevalue(which))
     ids, mask, _ = R.pad_prompts(ragged_prompts(3, [5, 9, 2]), 0, (16,))
@@ -362,12 +362,13 @@ def test_decode_step_layout_equals_model_forward(which, request):
     ref = jax.jit(lambda c, t, p: forward(graphdef, state, t[:, None], p[:, None], None, c))
     pos = jnp.asarray(mask.sum(-1), jnp.int32)
     tok = jnp.asarray([7, 11, 13], jnp.int32)
-    got_cache, want_cache = cache, cache
+    got_cache, want_cache = decode_cache(cache), cache
     for i in range(4):
         got, got_cache = step(got_cache, tok, pos + i)
         want, want_cache = ref(want_cache, tok, pos + i)
         np.testing.assert_allclose(got, want[:, 0], rtol=1e-5, atol=1e-5)
         tok = jnp.argmax(want[:, 0], axis=-1).astype(jnp.int32)
+    got_cache = model_cache(got_cache)
     for a, b in zip(jax.tree.leaves(got_cache), jax.tree.leaves(want_cache), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -70,6 +70,35 @@ def decode_weights(graphdef: nnx.GraphDef, state: nnx.State) -> DecodeWeights:
     return DecodeWeights(embed, head, col(model.final_norm.scale[...]), layers)
 
 
+@flax.struct.dataclass
+class DecodeCache:
+    """`KVCache` in `decode_step`'s layout: per layer keys [N, Hkv, K, S], values [N, Hkv, S, K];
+    mask [N, S] and index as in KVCache."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    mask: jax.Array
+    index: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[1]
+
+
+def decode_cache(cache: KVCache) -> DecodeCache:
+    """The model's cache in the decode layout (one transpose per layer, before the loop)."""
+    k = tuple(x.transpose(0, 2, 3, 1) for x in cache.k)
+    v = tuple(x.transpose(0, 2, 1, 3) for x in cache.v)
+    return DecodeCache(k, v, cache.mask, cache.index)
+
+
+def model_cache(cache: DecodeCache) -> KVCache:
+    """The inverse of `decode_cache`."""
+    k = tuple(x.transpose(0, 3, 1, 2) for x in cache.k)
+    v = tuple(x.transpose(0, 2, 1, 3) for x in cache.v)
+    return KVCache(k, v, cache.mask, cache.index)
+
+
 def _rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     """RMSNorm over dim 0 of x [D, N], as models.transformer.RMSNorm does over the last dim."""
     xf = x.astype(jnp.float32)
@@ -84,30 +113,28 @@ def _heads(y: jax.Array, n: int, k: int) -> jax.Array:
 
 
 def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """One query per row: q [N,1,H,K] over the cache k, v [N,S,Hkv,K] where mask [N,1,S].
-
-    `transformer.attention` as products and sums over the cache in its own layout: as a batched
-    matrix product XLA would first transpose the whole cache to [N,Hkv,S,K], every layer and
-    every step, which costs more than the rest of the step's attention. Returns [N,1,H,K].
-    """
+    """One query per row: q [N,1,H,K] over the decode-layout cache k [N,Hkv,K,S], v [N,Hkv,S,K],
+    where mask [N,1,S]. `transformer.attention` as products and sums: the scores sum over K with
+    the slots contiguous, the output over the slots with K contiguous. Returns [N,1,H,K]."""
     n, _, h, kd = q.shape
-    hkv = k.shape[2]
+    hkv = k.shape[1]
     qg = q.reshape(n, hkv, h // hkv, kd)  # [N, G, R, K]
-    scores = jnp.sum(qg[:, None] * k.astype(q.dtype)[:, :, :, None, :], axis=-1)  # [N,S,G,R]
+    kq = k.astype(q.dtype)
+    scores = jnp.sum(qg[..., None] * kq[:, :, None], axis=3)  # [N, G, R, S]
     scores = scores.astype(jnp.float32) / np.sqrt(kd).astype(np.float32)
-    scores = jnp.where(mask[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=1).astype(q.dtype)
-    out = jnp.sum(probs[..., None] * v.astype(q.dtype)[:, :, :, None, :], axis=1)  # [N,G,R,K]
+    scores = jnp.where(mask[:, 0, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.sum(probs[..., None] * v.astype(q.dtype)[:, :, None], axis=3)  # [N, G, R, K]
     return out.reshape(n, 1, h, kd)
 
 
 def decode_step(
-    cfg: ModelConfig, w: DecodeWeights, tokens: jax.Array, positions: jax.Array, cache: KVCache
-) -> tuple[jax.Array, KVCache]:
+    cfg: ModelConfig, w: DecodeWeights, tokens: jax.Array, positions: jax.Array, cache: DecodeCache
+) -> tuple[jax.Array, DecodeCache]:
     """One token per row: tokens, positions [N] -> (fp32 logits [N, V], the updated cache).
 
     The token is written at slot `cache.index` and attends to every earlier real slot, exactly as
-    `Transformer.__call__(tokens[:, None], positions[:, None], None, cache)`.
+    `Transformer.__call__(tokens[:, None], positions[:, None], None, cache)` on the model layout.
     """
     n, kd, eps = tokens.shape[0], cfg.head_dim, cfg.rms_norm_eps
     index = cache.index
@@ -125,8 +152,10 @@ def decode_step(
         q = apply_rope(_heads(q, n, kd), pos, inv_freq)
         k = apply_rope(_heads(k, n, kd), pos, inv_freq)
         v = _heads(v, n, kd)
-        k = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (0, index, 0, 0))
-        v = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype), (0, index, 0, 0))
+        k = k.astype(cache.k[i].dtype).transpose(0, 2, 3, 1)  # [N, Hkv, K, 1]
+        v = v.astype(cache.v[i].dtype).transpose(0, 2, 1, 3)  # [N, Hkv, 1, K]
+        k = jax.lax.dynamic_update_slice(cache.k[i], k, (0, 0, 0, index))
+        v = jax.lax.dynamic_update_slice(cache.v[i], v, (0, 0, index, 0))
         out = _attention(q, k, v, mask)  # [N, 1, H, K]
         x = x + lw["o"] @ out.reshape(n, -1).T
         h = _rms_norm(x, lw["mlp_norm"], eps)
