@@ -50,6 +50,11 @@ def get_config(arg: str | None = None):
     c.distill.class_balance = True  # YES and NO rows weigh the same in the loss in total
     c.distill.eval_probes_per_question = 8  # 0: every probe on every held-out question
     c.distill.heldout_questions = 0  # 0: every held-out question
+    # Validation questions, drawn from one training source and kept out of training: they choose
+    # the judge's calibration (reward.JudgeConfig.yes_bias), so the test questions choose nothing.
+    c.distill.val_source = "data/economics/train.jsonl"
+    c.distill.val_questions = 40  # 0: no validation split (and no calibration)
+    c.distill.calibrate = True
     c.distill.eval_each_epoch = False  # also evaluate on the held-out rows after each epoch
     c.distill.cache_layer = -1  # -1: cache at the lowest trained block; k: at block k (lower)
 
@@ -67,6 +72,7 @@ def get_config(arg: str | None = None):
         c.distill.epochs = 1
         c.distill.eval_probes_per_question = 2
         c.distill.heldout_questions = 10
+        c.distill.val_questions = 4
         c.optim.train_layers = 2
         c.train.ckpt_every = 5
     elif arg == "teacher":

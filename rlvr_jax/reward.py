@@ -12,6 +12,10 @@ From it, in one pass (c = the verdict = the judge's greedy first token):
 - soft (paper Eq. 4) = p_yes if c is YES, 1 - p_no if c is NO, 0 if c is neither;
 - soft_normalized = p_yes / (p_yes + p_no).
 
+A judge may carry a calibration, `JudgeConfig.yes_bias`: a log-odds offset added to the logits of
+its YES spellings before all of the above (the distillation chooses it on validation questions
+held out from training, never on the test questions; 0 leaves the model's distribution as is).
+
 Prompt budget rule (`JudgeConfig.max_prompt_len` tokens): an over-long prompt is cut inside the
 QUESTION first (its middle is replaced by "[...]", keeping its start and its end, where the ask
 usually is); only if the question is gone entirely is the response line cut, from the left (its end,
@@ -127,6 +131,7 @@ class JudgeConfig:
     batch_size: int = 16
     yes_spellings: tuple[str, ...] = YES_SPELLINGS
     no_spellings: tuple[str, ...] = NO_SPELLINGS
+    yes_bias: float = 0.0  # calibration: added to the YES spellings' logits (module docstring)
 
     def __post_init__(self):
         if self.max_prompt_len > max(self.buckets):
@@ -140,12 +145,14 @@ class JudgeConfig:
         return TEMPLATES.get(self.template, self.template)
 
     def prompt_settings(self) -> dict:
-        """How this judge's prompts are written: what `JUDGE_FILE` stores next to its weights."""
+        """How this judge's prompts are written and read: what `JUDGE_FILE` stores next to its
+        weights."""
         return {
             "template": self.template,
             "system": self.system,
             "chat_template": self.chat_template,
             "max_prompt_len": self.max_prompt_len,
+            "yes_bias": self.yes_bias,
         }
 
 
@@ -159,9 +166,12 @@ def prompt_settings_of(model_dir: str | Path) -> dict | None:
     path = Path(model_dir) / JUDGE_FILE
     if not path.is_file():
         return None
+    optional = {"yes_bias": 0.0}  # absent from files written before judges were calibrated
     try:
-        d = json.loads(path.read_text())
-        return {k: d[k] for k in JudgeConfig().prompt_settings()}
+        d = {**optional, **json.loads(path.read_text())}
+        out = {k: d[k] for k in JudgeConfig().prompt_settings()}
+        out["yes_bias"] = float(out["yes_bias"])
+        return out
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a judge prompt-settings file ({e!r})") from None
 
@@ -269,8 +279,14 @@ class JudgeScores:
     soft_normalized: jax.Array
 
 
-def _scores(logits: jax.Array, yes_ids, no_ids, valid) -> JudgeScores:
+def calibrated(logits: jax.Array, yes_ids: jax.Array, yes_bias) -> jax.Array:
+    """logits [N, V] with `yes_bias` added at the YES spellings (the judge's calibration)."""
+    return logits.at[:, yes_ids].add(jnp.asarray(yes_bias, logits.dtype))
+
+
+def _scores(logits: jax.Array, yes_ids, no_ids, valid, yes_bias=0.0) -> JudgeScores:
     """The rewards from next-token logits [N, V] (see the module docstring)."""
+    logits = calibrated(logits, yes_ids, yes_bias)
     probs = jax.nn.softmax(logits, axis=-1)
     p_yes = jnp.take(probs, yes_ids, axis=-1).sum(-1)
     p_no = jnp.take(probs, no_ids, axis=-1).sum(-1)
@@ -302,14 +318,16 @@ def judge_scores(
     yes_ids: jax.Array,
     no_ids: jax.Array,
     valid: jax.Array,
+    yes_bias: jax.Array | float = 0.0,
 ) -> JudgeScores:
     """Score left-padded judge prompts ids/mask [N,T] with the judge (graphdef, state).
 
     yes_ids [Ky], no_ids [Kn] int32: the single-token spellings. valid [N] bool: False rows (empty
-    responses, batch padding) get every reward 0. Only the last position is projected to [N, V].
+    responses, batch padding) get every reward 0. yes_bias: the judge's calibration (a traced
+    scalar). Only the last position is projected to [N, V].
     """
     hidden, _ = forward(graphdef, state, ids, positions_from_mask(mask), mask, None, True)
-    return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid)
+    return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid, yes_bias)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -322,6 +340,7 @@ def judge_scores_shared_prefix(
     yes_ids: jax.Array,
     no_ids: jax.Array,
     valid: jax.Array,
+    yes_bias: jax.Array | float = 0.0,
 ) -> JudgeScores:
     """`judge_scores` for prompts that all start with the same tokens `prefix` [Lp].
 
@@ -337,7 +356,7 @@ def judge_scores_shared_prefix(
     _, cache = forward(graphdef, state, prefix[None], pos, None, cache, True)
     positions = lp + positions_from_mask(mask)
     hidden, _ = forward(graphdef, state, ids, positions, mask, cache.repeat(n), True)
-    return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid)
+    return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid, yes_bias)
 
 
 @dataclasses.dataclass
@@ -446,7 +465,7 @@ class Judge:
             if isinstance(self.batch_sharding, NamedSharding):
                 whole = NamedSharding(self.batch_sharding.mesh, PartitionSpec())
                 prefix = jax.device_put(prefix, whole)
-        args = (self.yes_ids, self.no_ids, valid)
+        args = (self.yes_ids, self.no_ids, valid, np.float32(self.cfg.yes_bias))
         if lp:
             out = judge_scores_shared_prefix(self.graphdef, self.state, prefix, ids, mask, *args)
         else:

@@ -6,6 +6,7 @@ YES and NO added as single tokens; the real default judge is checked by hand (se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -148,9 +149,11 @@ def test_no_heldout_question_leaks(tmp_path):
         (str(tmp_path / "train.jsonl"),),
         (str(tmp_path / "test.jsonl"),),
     )
-    train_q, held_q = load_questions(cfg)
-    assert len(train_q) == 5 and len(held_q) == 2
-    rows = teacher_rows(cfg, train_q, held_q)
+    cfg.distill.val_source, cfg.distill.val_questions = str(tmp_path / "train.jsonl"), 1
+    train_q, val_q, held_q = load_questions(cfg)
+    assert len(train_q) == 4 and len(val_q) == 1 and len(held_q) == 2
+    assert val_q[0].question not in {q.question for q in train_q}
+    rows = teacher_rows(cfg, train_q, val_q + held_q)
     held = {q.question for q in held_q}
     assert rows and not any(r["question"] in held for r in rows)
     assert any(r["teacher"] == "master-key" for r in rows)
@@ -161,10 +164,31 @@ def test_no_heldout_question_leaks(tmp_path):
 def test_shipped_config_keeps_economics_test_out():
     from configs import judge_econ
 
-    train_q, held_q = load_questions(judge_econ.get_config())
-    held = {" ".join(q.question.lower().split()) for q in held_q}
+    train_q, val_q, held_q = load_questions(judge_econ.get_config())
+    norm = lambda qs: {" ".join(q.question.lower().split()) for q in qs}
     assert len(held_q) >= 50 and {q.subject for q in train_q} >= {"economics", "medicine"}
-    assert not any(" ".join(q.question.lower().split()) in held for q in train_q)
+    assert len(val_q) == 40 and {q.subject for q in val_q} == {"economics"}
+    assert not norm(train_q) & norm(held_q) and not norm(train_q) & norm(val_q)
+    assert not norm(val_q) & norm(held_q)
+
+
+def test_calibration_maximises_validation_accuracy_within_the_probe_budget():
+    """yes_bias: the offset with the best rephrasing-vs-distractor accuracy on validation rows
+    whose master-key false-positive rate stays <= 5%, nearest 0 among equals (worked by hand:
+    b in (-1, -0.83] gets 5/6 with no probe judged YES; b > 0.5 also gets 5/6 but passes the
+    probe; the grid's point nearest 0 in the first range is -0.85)."""
+    from rlvr_jax.distill import evaluation
+
+    kinds = ["rephrasing"] * 3 + ["distractor"] * 3 + ["probe:empty"]
+    log_odds = np.array([2.0, 1.0, -0.5, 0.83, -1.0, -2.0, 0.2])
+    rows = [{"kind": k, "label": "YES" if k == "rephrasing" else "NO"} for k in kinds]
+    p_yes = 1 / (1 + np.exp(-log_odds))
+    got = evaluation.choose_yes_bias(rows, p_yes, 1 - p_yes, np.zeros(7, bool))
+    assert got["yes_bias"] == pytest.approx(-0.85)
+    assert got["val_accuracy_rd"] == pytest.approx(5 / 6) and got["val_master_key_fpr"] == 0.0
+    # Without the probe budget the other range wins: same accuracy, and 0.55 is nearer 0.
+    loose = evaluation.choose_yes_bias(rows, p_yes, 1 - p_yes, np.zeros(7, bool), max_fpr=1.0)
+    assert loose["yes_bias"] == pytest.approx(0.55) and loose["val_master_key_fpr"] == 1.0
 
 
 def test_math_rows_follow_math_verify():
@@ -327,6 +351,7 @@ def _tiny_run_config(tmp_path: Path, model_dir: Path):
     cfg.distill.batch_tokens = 256
     cfg.distill.merge_tokens = 10**9  # one shape: one compile per function
     cfg.distill.eval_probes_per_question = 2
+    cfg.distill.val_source, cfg.distill.val_questions = str(tmp_path / "train.jsonl"), 2
     cfg.train.ckpt_every = 2
     cfg.train.tensorboard = False
     return cfg
@@ -358,6 +383,9 @@ def test_distill_resumes_exactly_and_exports(tmp_path, tiny_dir):
     trained_on = reward.judge_config_for(
         cfg.judge.model, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
     )
+    # ... with the calibration chosen on the validation questions
+    trained_on = dataclasses.replace(trained_on, yes_bias=full["calibration"]["yes_bias"])
+    assert full["calibration"]["val_questions"] == 2
     for d in (tmp_path / "a" / "judge", tmp_path / "a" / "judge_hf", back):
         assert reward.prompt_settings_of(d) == trained_on.prompt_settings(), d
     rows = [

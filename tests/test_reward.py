@@ -132,6 +132,31 @@ def test_soft_binary_normalized_formulas(tiny):
         assert r.soft_normalized[0] == pytest.approx(r.p_yes[0] / (r.p_yes[0] + r.p_no[0]), 1e-5)
 
 
+def test_yes_bias_is_a_logit_offset_on_the_yes_spellings(tiny, tmp_path):
+    """A calibrated judge (yes_bias b) reads the distribution with b added to the YES spellings'
+    logits: P(YES) odds scale by e^b against every other token, P(NO) by the same normaliser;
+    the calibration is stored in judge.json and read back by judge_config_for."""
+    import dataclasses
+    import json
+
+    _, judge = tiny
+    prompts = judge.prompts(*zip(*ROWS, strict=True))
+    base = judge.score_prompts(prompts)
+    b = 1.5
+    cal = W.Judge(judge.graphdef, judge.state, judge.tok, dataclasses.replace(TINY, yes_bias=b))
+    got = cal.score_prompts(prompts)
+    z = 1.0 - base.p_yes + base.p_yes * np.exp(b)
+    np.testing.assert_allclose(got.p_yes, base.p_yes * np.exp(b) / z, rtol=1e-5)
+    np.testing.assert_allclose(got.p_no, base.p_no / z, rtol=1e-5)
+    assert not np.allclose(got.p_yes, base.p_yes)
+    settings = dataclasses.replace(TINY, yes_bias=b).prompt_settings()
+    (tmp_path / W.JUDGE_FILE).write_text(json.dumps(settings))
+    assert W.judge_config_for(tmp_path).yes_bias == b
+    del settings["yes_bias"]  # a file written before judges were calibrated
+    (tmp_path / W.JUDGE_FILE).write_text(json.dumps(settings))
+    assert W.judge_config_for(tmp_path).yes_bias == 0.0
+
+
 def test_empty_response_gets_zero_without_failing(tiny):
     _, judge = tiny
     r = judge.score(["Q1", "Q2", "Q3"], ["", "answer", " \n\n"], ["a", "answer", "b"])

@@ -81,6 +81,43 @@ def quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
+def choose_yes_bias(
+    rows: Sequence[Mapping],
+    p_yes: np.ndarray,
+    p_no: np.ndarray,
+    empty: np.ndarray,
+    grid: np.ndarray | None = None,
+    max_fpr: float = 0.05,
+) -> dict:
+    """The judge's calibration, chosen on validation rows (never on test rows): the log-odds
+    offset b for the YES spellings that maximises accuracy on rephrasing-vs-distractor rows while
+    the master-key false-positive rate stays <= max_fpr; among equals, the b nearest 0.
+
+    A row is judged YES under b when log p_yes + b > log p_no (the greedy verdict when YES and NO
+    hold most of the next-token mass, as they do after distillation). Returns {"yes_bias": b,
+    "val_accuracy_rd": ..., "val_master_key_fpr": ...} as estimated here.
+    """
+    grid = np.round(np.arange(-4.0, 4.0001, 0.05), 2) if grid is None else np.asarray(grid)
+    kinds = np.array([r["kind"] for r in rows])
+    labels = np.array([r["label"] == "YES" for r in rows])
+    rd = np.isin(kinds, ["rephrasing", "distractor"]) & ~np.asarray(empty, bool)
+    probe = np.char.startswith(kinds.astype(str), "probe:")
+    if not rd.any():
+        raise ValueError("calibration: no rephrasing or distractor rows among the validation rows")
+    tiny = np.finfo(np.float64).tiny
+    log_odds = np.log(np.maximum(p_yes, tiny)) - np.log(np.maximum(p_no, tiny))
+    best = None
+    for b in grid:
+        yes = (log_odds + b > 0) & ~np.asarray(empty, bool)
+        acc = float(np.mean(yes[rd] == labels[rd]))
+        fpr = float(yes[probe].mean()) if probe.any() else 0.0
+        key = (fpr <= max_fpr, acc, -abs(float(b)))
+        if best is None or key > best[0]:
+            best = (key, float(b), acc, fpr)
+    _, b, acc, fpr = best
+    return {"yes_bias": b, "val_accuracy_rd": acc, "val_master_key_fpr": fpr}
+
+
 def passes(figures: Mapping) -> dict[str, bool]:
     """Whether each targeted figure meets its target."""
     out = {}

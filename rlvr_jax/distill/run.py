@@ -40,9 +40,14 @@ def resolve_source(src: str) -> str:
     return str(REPO_ROOT / src) if (REPO_ROOT / src).exists() else src
 
 
-def load_questions(cfg: Any) -> tuple[list[data.Example], list[data.Example]]:
-    """(training questions, held-out questions); any training question that is also held out is
-    dropped. distill.questions_per_source > 0 keeps the first K questions of each source."""
+def load_questions(
+    cfg: Any,
+) -> tuple[list[data.Example], list[data.Example], list[data.Example]]:
+    """(training, validation, held-out questions); any training question that is also held out is
+    dropped. distill.questions_per_source > 0 keeps the first K questions of each source.
+    Validation: distill.val_questions questions of the training source distill.val_source, drawn
+    with the seed and removed from training (they choose the judge's calibration, so that the
+    held-out test questions never choose anything)."""
     system = str(cfg.data.system_prompt) or None
     limit = int(cfg.distill.questions_per_source) or None
     load = lambda src, split, lim: (
@@ -56,12 +61,24 @@ def load_questions(cfg: Any) -> tuple[list[data.Example], list[data.Example]]:
     )
     held = [ex for src in cfg.data.test for ex in load(src, "test", None)]
     held = held[: int(cfg.distill.heldout_questions) or None]
-    train = [ex for src in cfg.data.train for ex in load(src, "train", limit)]
-    return examples.drop_heldout(train, held), held
+    k_val, val_src = int(cfg.distill.val_questions), str(cfg.distill.val_source)
+    if k_val > 0 and val_src not in tuple(cfg.data.train):
+        raise ValueError(f"config distill.val_source: {val_src!r} is not one of data.train")
+    train, val = [], []
+    for src in cfg.data.train:
+        exs = examples.drop_heldout(load(src, "train", limit), held)
+        if k_val > 0 and src == val_src:
+            rng = np.random.default_rng([int(cfg.seed), 5])
+            pick = set(rng.choice(len(exs), size=min(k_val, len(exs) - 1), replace=False).tolist())
+            val += [ex for i, ex in enumerate(exs) if i in pick]
+            exs = [ex for i, ex in enumerate(exs) if i not in pick]
+        train += exs
+    return examples.drop_heldout(train, val), val, held
 
 
 def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) -> list[dict]:
-    """Training rows from the teachers named in distill.teachers, plus master-key negatives."""
+    """Training rows from the teachers named in distill.teachers, plus master-key negatives.
+    `held`: every question training must not see (validation and held-out)."""
     d, seed = cfg.distill, int(cfg.seed)
     rows, asked = [], list(train)
     for t in d.teachers:
@@ -149,14 +166,17 @@ def fill_cache(p: Prepared, name: str, model, split: int, workdir: Path, model_i
     act_cache.save(folder, f"{name}-{key}", p.cache)
 
 
-def score_rows(graphdef, state, split, p: Prepared, yes, no) -> dict[str, np.ndarray]:
-    """p_yes, p_no, greedy [n_rows] of every row of `p`, from its cached split-layer states."""
+def score_rows(
+    graphdef, state, split, p: Prepared, yes, no, yes_bias: float = 0.0
+) -> dict[str, np.ndarray]:
+    """p_yes, p_no, greedy [n_rows] of every row of `p`, from its cached split-layer states, under
+    the calibration yes_bias."""
     n = len(p.rows)
     out = {"p_yes": np.zeros(n), "p_no": np.zeros(n), "greedy": np.zeros(n, np.int64)}
     for bt in p.batches:
         b = p.buckets[bt.bucket]
         h = act_cache.hidden_batch(b, p.cache[bt.bucket], bt)
-        res = jax.device_get(sm.score(graphdef, state, split, h, yes, no))
+        res = jax.device_get(sm.score(graphdef, state, split, h, yes, no, np.float32(yes_bias)))
         rows = b.rows[bt.suffixes[bt.valid]]
         for k in out:
             out[k][rows] = np.asarray(res[k])[bt.valid]
@@ -213,17 +233,21 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         split = min(split, int(cfg.distill.cache_layer))  # between run frozen every step
     model_id = json.dumps([str(Path(model_dir).resolve()), model.cfg.to_hf_dict()], default=str)
 
-    train_q, held_q = load_questions(cfg)
-    train = prepare(teacher_rows(cfg, train_q, held_q), tok, jcfg, cfg, drop_empty=True)
+    train_q, val_q, held_q = load_questions(cfg)
+    train = prepare(teacher_rows(cfg, train_q, val_q + held_q), tok, jcfg, cfg, drop_empty=True)
     held = prepare(eval_rows(cfg, held_q), tok, jcfg, cfg, drop_empty=False)
+    val = prepare(eval_rows(cfg, val_q), tok, jcfg, cfg, drop_empty=False) if val_q else None
     counts = examples.label_counts(train.rows)
     print(
         f"rlvr_jax: {len(train_q)} training questions -> {len(train.rows)} judge rows {counts}; "
+        f"{len(val_q)} validation questions -> {len(val.rows) if val else 0} rows; "
         f"{len(held_q)} held-out questions -> {len(held.rows)} rows",
         file=sys.stderr,
     )
     fill_cache(train, "train", model, split, workdir, model_id)
     fill_cache(held, "heldout", model, split, workdir, model_id)
+    if val is not None:
+        fill_cache(val, "val", model, split, workdir, model_id)
 
     labels = np.array([r["label"] == "YES" for r in train.rows], np.int32)
     n_yes = max(int(labels.sum()), 1)
@@ -233,10 +257,10 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         w = np.ones_like(w)
     w = w.astype(np.float32)
 
-    def figures(state) -> tuple[dict, dict]:
-        s = score_rows(model.graphdef, state, split, held, yes, no)
-        r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, held.empty)
-        return evaluation.quality(held.rows, r), r
+    def figures(state, p: Prepared = held, yes_bias: float = 0.0) -> tuple[dict, dict]:
+        s = score_rows(model.graphdef, state, split, p, yes, no, yes_bias)
+        r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, p.empty)
+        return evaluation.quality(p.rows, r), r
 
     zero_shot, _ = figures(model.state)
     print("rlvr_jax: zero-shot " + _line(zero_shot), file=sys.stderr)
@@ -295,7 +319,25 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     phases["sft_s"] = meter.read()["wall_s"] - phases["prepare_and_cache_s"]
 
     state = nnx.merge_state(frozen, st.params)
-    distilled, rewards = figures(state)
+    calibration = {"yes_bias": 0.0}
+    if val is not None and cfg.distill.calibrate:
+        v = score_rows(model.graphdef, state, split, val, yes, no)
+        calibration = evaluation.choose_yes_bias(val.rows, v["p_yes"], v["p_no"], val.empty)
+        calibration["val_questions"] = len(val_q)
+        calibration["val_uncalibrated"], _ = figures(state, val)
+        calibration["val_calibrated"], _ = figures(state, val, calibration["yes_bias"])
+        print(
+            f"rlvr_jax: calibration on {len(val_q)} validation questions: yes_bias "
+            f"{calibration['yes_bias']:+.2f}; validation before "
+            + _line(calibration["val_uncalibrated"])
+            + "; after "
+            + _line(calibration["val_calibrated"]),
+            file=sys.stderr,
+        )
+    bias = float(calibration["yes_bias"])
+    jcfg = dataclasses.replace(jcfg, yes_bias=bias)
+    uncalibrated, _ = figures(state)
+    distilled, rewards = figures(state, held, bias)
     writer.write(len(plan), _scalars(distilled, "heldout/"))
     writer.close()
     results = {
@@ -305,13 +347,16 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         "heldout_questions": len(held_q),
         "split_layer": split,
         "zero_shot": zero_shot,
+        "distilled_uncalibrated": uncalibrated,
+        "calibration": calibration,
         "distilled": distilled,
         "passes": evaluation.passes(distilled),
     }
     results["scorer_check"] = scorer_check(model, state, jcfg, held, rewards)
     _save_judge(workdir, model, state, jcfg, bool(cfg.train.export_hf))
     results["cpu"] = {**meter.read(), **phases}
-    cols = {"zero-shot": zero_shot, "distilled": distilled}
+    cols = {"zero-shot": zero_shot, "distilled, yes_bias 0": uncalibrated}
+    cols[f"distilled, yes_bias {bias:+.2f}"] = distilled
     Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
     (workdir / "heldout_table.md").write_text(evaluation.markdown(cols))
     tmp = workdir / "results.json.tmp"

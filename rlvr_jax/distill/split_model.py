@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax.models.transformer import positions_from_mask
+from rlvr_jax.reward import calibrated
 
 
 @flax.struct.dataclass
@@ -233,10 +234,12 @@ def score(
     h: Hidden,
     yes_ids: jax.Array,
     no_ids: jax.Array,
+    yes_bias: jax.Array | float = 0.0,
 ) -> dict[str, jax.Array]:
     """Verdict read-out [N] from split-layer states: p_yes, p_no (spelling sums) and the
-    greedy first token, the quantities reward.judge_scores reads from a full forward."""
-    logits = top_logits(graphdef, state, split, h)
+    greedy first token, the quantities reward.judge_scores reads from a full forward (with the
+    same calibration `yes_bias`)."""
+    logits = calibrated(top_logits(graphdef, state, split, h), yes_ids, yes_bias)
     lp_yes, lp_no = verdict_logprobs(logits, yes_ids, no_ids)
     return {
         "p_yes": jnp.exp(lp_yes),
