@@ -338,6 +338,18 @@ def loss_and_grads(
     return grads, dict(met, logp_drift=drift)
 
 
+# XLA options for the jitted update and reference passes on the CPU backend, per compilation (not
+# XLA_FLAGS, which would also reach the sampler): YNNPACK for the matrix products only. Measured
+# on 2 cores, SmolLM2-135M, 8 x 256 tokens (bench/train_step.py): 25.7 -> 20.1 s per update.
+# The sampler keeps XLA's defaults: the same option makes its decode step about 2x slower.
+CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def compiler_options() -> dict[str, str]:
+    """The per-compilation XLA options of the update (CPU_TRAIN_OPTIONS on CPU, else none)."""
+    return dict(CPU_TRAIN_OPTIONS) if jax.default_backend() == "cpu" else {}
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
@@ -390,7 +402,7 @@ def make_train_step(
         )
         return new, met
 
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {"compiler_options": compiler_options() or None}
     if state_shardings is not None or batch_shardings is not None:
         kw["in_shardings"] = (state_shardings, batch_shardings)
         kw["out_shardings"] = (state_shardings, None)

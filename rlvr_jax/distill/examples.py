@@ -109,9 +109,11 @@ def labelled_rows(
     other_answers: int = 1,
     yes_forms: int = 1,
     surface_rate: float = 0.0,
+    distractor_forms: int = 1,
 ) -> list[dict]:
     """Rows labelled by the data: per question, the reference and rephrasings (YES, each in
-    `yes_forms` forms), the distractors (NO) and `other_answers` references of other questions
+    `yes_forms` forms), the distractors (NO, each in `distractor_forms` forms: the hard
+    negatives, close to the reference in content) and `other_answers` references of other questions
     of the same subject (NO; harder than random ones). Each answer, YES or NO, is replaced by one
     of its `surface_forms` with probability `surface_rate`. Same seed, same rows."""
     rng = np.random.default_rng([seed, 1])
@@ -125,7 +127,7 @@ def labelled_rows(
         for k, a in enumerate(yes * yes_forms):
             kind = "reference" if k % len(yes) == 0 else "rephrasing"
             rows.append(_row(ex, form(a), "YES", kind, k, "data"))
-        for k, a in enumerate(ex.distractors):
+        for k, a in enumerate(ex.distractors * distractor_forms):
             rows.append(_row(ex, form(a), "NO", "distractor", k, "data"))
         own = {_norm(a) for a in yes}
         pool = [j for j in by_subject[ex.subject] if j != i]

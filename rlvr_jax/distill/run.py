@@ -84,7 +84,12 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
     for t in d.teachers:
         if t == "data":
             rows += examples.labelled_rows(
-                train, seed, int(d.other_answers), int(d.yes_forms), float(d.surface_rate)
+                train,
+                seed,
+                int(d.other_answers),
+                int(d.yes_forms),
+                float(d.surface_rate),
+                int(d.distractor_forms),
             )
         elif t == "math":
             src = f"math:{int(d.math_questions)}:{seed}"
