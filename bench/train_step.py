@@ -35,6 +35,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--logit-chunk", type=int, default=0, help="JAX: head chunk size (0: none)")
     p.add_argument("--no-entropy", action="store_true", help="JAX: skip the entropy metric")
+    p.add_argument(
+        "--no-train-options",
+        action="store_true",
+        help="JAX: compile the update without update.CPU_TRAIN_OPTIONS (XLA's defaults)",
+    )
     p.add_argument("--skip-torch", action="store_true")
     return p.parse_args()
 
@@ -101,6 +106,8 @@ def jax_side(cfg, graphdef, state, tokens, adv, args):
 
     from rlvr_jax import update
 
+    if args.no_train_options:
+        update.CPU_TRAIN_OPTIONS = {}
     big_l = SEQ - 1
     attn = jnp.ones((N_ROWS, SEQ), bool)
     mask = jnp.ones((N_ROWS, big_l), bool)
