@@ -338,10 +338,11 @@ def loss_and_grads(
     return grads, dict(met, logp_drift=drift)
 
 
-# XLA options for the jitted update and reference passes on the CPU backend, per compilation (not
-# XLA_FLAGS, which would also reach the sampler): YNNPACK for the matrix products only. Measured
-# on 2 cores, SmolLM2-135M, 8 x 256 tokens (bench/train_step.py): 25.7 -> 20.1 s per update.
-# The sampler keeps XLA's defaults: the same option makes its decode step about 2x slower.
+# XLA options for the jitted update on the CPU backend, per compilation (not XLA_FLAGS, which would
+# also reach the sampler): YNNPACK for the matrix products only. Measured on 2 cores, SmolLM2-135M,
+# 8 x 256 tokens (bench/train_step.py --skip-torch [--no-train-options], medians of 3): 24.2 ->
+# 19.0 s per update. The sampler keeps XLA's defaults: as XLA_FLAGS the same option made its decode
+# step about 2x slower.
 CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 

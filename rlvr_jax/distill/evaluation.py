@@ -51,14 +51,20 @@ def rewards(
     }
 
 
-def quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
-    """The judge's figures on held-out rows: see REPORTED; plus the per-probe YES rates."""
+def _row_masks(rows: Sequence[Mapping]) -> tuple[np.ndarray, ...]:
+    """(labels 1 = YES, kinds, rephrasing-or-distractor, master-key probe) over evaluation rows."""
     labels = np.array([x["label"] == "YES" for x in rows], int)
     kinds = np.array([x["kind"] for x in rows])
-    binary, soft = np.asarray(r["binary"], int), np.asarray(r["soft"], float)
     rd = np.isin(kinds, ["rephrasing", "distractor"])
-    ans = np.isin(kinds, ["reference", "rephrasing", "distractor"])
     probe = np.char.startswith(kinds.astype(str), "probe:")
+    return labels, kinds, rd, probe
+
+
+def quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
+    """The judge's figures on held-out rows: see REPORTED; plus the per-probe YES rates."""
+    labels, kinds, rd, probe = _row_masks(rows)
+    binary, soft = np.asarray(r["binary"], int), np.asarray(r["soft"], float)
+    ans = np.isin(kinds, ["reference", "rephrasing", "distractor"])
     q_rd = agreement.judge_quality(labels[rd], binary[rd], soft[rd])
     q_ans = agreement.judge_quality(labels[ans], binary[ans], soft[ans])
     out = {
@@ -98,18 +104,17 @@ def choose_yes_bias(
     "val_accuracy_rd": ..., "val_master_key_fpr": ...} as estimated here.
     """
     grid = np.round(np.arange(-4.0, 4.0001, 0.05), 2) if grid is None else np.asarray(grid)
-    kinds = np.array([r["kind"] for r in rows])
-    labels = np.array([r["label"] == "YES" for r in rows])
-    rd = np.isin(kinds, ["rephrasing", "distractor"]) & ~np.asarray(empty, bool)
-    probe = np.char.startswith(kinds.astype(str), "probe:")
+    labels, _, rd, probe = _row_masks(rows)
+    answered = ~np.asarray(empty, bool)
+    rd &= answered
     if not rd.any():
         raise ValueError("calibration: no rephrasing or distractor rows among the validation rows")
     tiny = np.finfo(np.float64).tiny
     log_odds = np.log(np.maximum(p_yes, tiny)) - np.log(np.maximum(p_no, tiny))
     best = None
     for b in grid:
-        yes = (log_odds + b > 0) & ~np.asarray(empty, bool)
-        acc = float(np.mean(yes[rd] == labels[rd]))
+        yes = (log_odds + b > 0) & answered
+        acc = float(np.mean(yes[rd] == labels[rd].astype(bool)))
         fpr = float(yes[probe].mean()) if probe.any() else 0.0
         key = (fpr <= max_fpr, acc, -abs(float(b)))
         if best is None or key > best[0]:

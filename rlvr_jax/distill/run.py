@@ -326,10 +326,10 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     state = nnx.merge_state(frozen, st.params)
     calibration = {"yes_bias": 0.0}
     if val is not None and cfg.distill.calibrate:
-        v = score_rows(model.graphdef, state, split, val, yes, no)
+        val_before, v = figures(state, val)
         calibration = evaluation.choose_yes_bias(val.rows, v["p_yes"], v["p_no"], val.empty)
         calibration["val_questions"] = len(val_q)
-        calibration["val_uncalibrated"], _ = figures(state, val)
+        calibration["val_uncalibrated"] = val_before
         calibration["val_calibrated"], _ = figures(state, val, calibration["yes_bias"])
         print(
             f"rlvr_jax: calibration on {len(val_q)} validation questions: yes_bias "
@@ -341,8 +341,10 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         )
     bias = float(calibration["yes_bias"])
     jcfg = dataclasses.replace(jcfg, yes_bias=bias)
-    uncalibrated, _ = figures(state)
-    distilled, rewards = figures(state, held, bias)
+    uncalibrated, rewards = figures(state)
+    distilled = uncalibrated
+    if bias != 0.0:  # the offset changes the verdicts: a pass of its own
+        distilled, rewards = figures(state, held, bias)
     writer.write(len(plan), _scalars(distilled, "heldout/"))
     writer.close()
     results = {
