@@ -1,6 +1,6 @@
 """One RL policy update in JAX vs torch forward + backward + AdamW, SmolLM2-135M, 8 x 256 tokens.
 
-    python bench/train_step.py [--runs 5] [--random] [--xla-flags "..."]
+    python bench/train_step.py [--runs 5] [--warmup 2] [--random] [--xla-flags "..."]
 
 Both sides run in this one process on the same weights and batch and optimise the same objective:
 the PPO clipped surrogate on per-token log-probs of tokens 1..255 given their prefix (JAX:
@@ -30,6 +30,12 @@ N_ROWS, SEQ = 8, 256
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=5, help="timed runs of each side")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed rounds of both sides after the first step (the heap and caches settle)",
+    )
     p.add_argument("--random", action="store_true", help="random weights of the same size")
     p.add_argument("--xla-flags", default=DEFAULT_XLA_FLAGS, help="extra XLA_FLAGS")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
@@ -39,6 +45,12 @@ def parse_args() -> argparse.Namespace:
         "--no-train-options",
         action="store_true",
         help="JAX: compile the update without update.CPU_TRAIN_OPTIONS (XLA's defaults)",
+    )
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: host_memory.keep_freed_memory(), for both "
+        "sides, as the train and distill commands do)",
     )
     p.add_argument("--skip-torch", action="store_true")
     return p.parse_args()
@@ -194,6 +206,9 @@ def main() -> int:
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from rlvr_jax import host_memory
+
+    kept = False if args.system_malloc else host_memory.keep_freed_memory()
     import jax
     from contention import CONTENDED
 
@@ -208,7 +223,8 @@ def main() -> int:
     print(
         f"model: {'random' if args.random else 'default'} SmolLM2-135M, {n_params / 1e6:.1f}M "
         f"params, batch {N_ROWS} x {SEQ}; {os.cpu_count()} CPUs; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; jax {jax.__version__}"
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; jax {jax.__version__}; "
+        f"malloc: {'keep_freed_memory' if kept else 'system'}"
     )
 
     jax_run, logp_old = jax_side(cfg, graphdef, state, tokens, adv, args)
@@ -229,6 +245,10 @@ def main() -> int:
             f"max |logp torch - logp jax| {logp_diff:.2e}"
         )
 
+    for _ in range(args.warmup):
+        for fn in (jax_run, torch_run):
+            if fn is not None:
+                fn()
     res: dict[str, list[tuple[float, float]]] = {"jax": [], "torch": []}
     # CPU seconds this process used per run: less sensitive to other processes than wall time.
     cpu: dict[str, list[float]] = {"jax": [], "torch": []}

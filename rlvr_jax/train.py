@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, losses, memory, update
+from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.metrics import MetricsWriter, plot_curves
@@ -421,4 +421,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()  # before the first JAX computation
     app.run(main)

@@ -124,3 +124,33 @@ def test_kv_cache_decode_equals_full_forward(pair):
     err = np.abs(full - incremental).max()
     print(f"{name}: cache vs full max abs diff {err:.2e}")
     assert err <= 1e-5
+
+
+@pytest.mark.parametrize("t", [40, 100, 257])
+def test_causal_blocks_equal_full_attention(t):
+    """attention(causal=True), which reads only the keys up to each query block's end, equals the
+    full masked attention (values and gradients) at every query with a real key; left padding
+    included, block counts 2 (40), 4 (100: 32+32+32+4) and 8 (257: 7 x 33 + 26)."""
+    from rlvr_jax.models.transformer import attention, causal_blocks
+
+    assert [b - a for a, b in causal_blocks(100)] == [32, 32, 32, 4]
+    assert len(causal_blocks(257)) == 8 and causal_blocks(257)[-1][1] == 257
+    rng = np.random.default_rng(t)
+    n, h, hkv, kd = 3, 6, 2, 8
+    q, do = (jnp.asarray(rng.standard_normal((n, t, h, kd)), jnp.float32) for _ in range(2))
+    k, v = (jnp.asarray(rng.standard_normal((n, t, hkv, kd)), jnp.float32) for _ in range(2))
+    pads = [0, 5, t // 2]  # left pads per row
+    real = np.arange(t)[None, :] >= np.asarray(pads)[:, None]
+    mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & real[:, None, :])
+
+    def run(causal):
+        out, vjp = jax.vjp(lambda q, k, v: attention(q, k, v, mask, causal), q, k, v)
+        return out, vjp(do * jnp.asarray(real, jnp.float32)[:, :, None, None])
+
+    (full, g_full), (blocked, g_blocked) = run(False), run(True)
+    sel = real[:, :, None, None]
+    np.testing.assert_allclose(
+        np.where(sel, blocked, 0), np.where(sel, full, 0), rtol=1e-5, atol=1e-5
+    )
+    for a, b in zip(g_blocked, g_full, strict=True):  # only real queries carry cotangents
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlvr_jax import checkpoint, data
+from rlvr_jax import checkpoint, data, host_memory
 from rlvr_jax.distill.examples import LeakError
 from rlvr_jax.models.config import ConfigError
 
@@ -34,4 +34,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    host_memory.keep_freed_memory()  # before the first JAX computation
     app.run(main)

@@ -61,17 +61,50 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+# Causal self-attention runs in query blocks of at least this many rows, each over the keys up to
+# its own end only: up to 8 blocks skip ~7/16 of the score work (the masked upper triangle).
+CAUSAL_BLOCK_MIN = 32
+CAUSAL_BLOCKS_MAX = 8
+
+
+def causal_blocks(t: int) -> list[tuple[int, int]]:
+    """Query row ranges [(start, end)] splitting t rows for `attention(..., causal=True)`."""
+    size = max(CAUSAL_BLOCK_MIN, -(-t // CAUSAL_BLOCKS_MAX))
+    return [(a, min(a + size, t)) for a in range(0, t, size)]
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False
+) -> jax.Array:
     """Grouped-query attention: q [N,T,H,K] over k, v [N,S,Hkv,K] where mask [N,T,S] is True.
-    Returns [N,T,H,K] (before the output projection). Scores and softmax in fp32."""
+    Returns [N,T,H,K] (before the output projection). Scores and softmax in fp32.
+
+    Each key/value head's R = H/Hkv query heads are stacked as R*T rows of one batched matrix
+    product per (row, kv head), which XLA:CPU runs as plain GEMMs. causal=True (self-attention
+    without a cache, S = T and mask[:, i, j] False for j > i) splits the queries into blocks that
+    read only the keys up to their end: the same result for every query with a real key, less
+    work. (A query with no real key at all, a left pad, gets a uniform mix of fewer keys; pads
+    feed nothing real.)
+    """
     n, t, h, kd = q.shape
-    hkv = k.shape[2]
-    qg = q.reshape(n, t, hkv, h // hkv, kd)
-    scores = jnp.einsum("ntgrk,nsgk->ngrts", qg, k.astype(q.dtype)).astype(jnp.float32)
-    scores = scores / np.sqrt(kd).astype(np.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("ngrts,nsgk->ntgrk", probs, v.astype(q.dtype)).reshape(n, t, h, kd)
+    g = k.shape[2]
+    r = h // g
+    qg = q.reshape(n, t, g, r, kd).transpose(0, 2, 3, 1, 4)  # [N,G,R,T,K]
+    kg = k.astype(q.dtype).transpose(0, 2, 1, 3)  # [N,G,S,K]
+    vg = v.astype(q.dtype).transpose(0, 2, 1, 3)
+    blocks = causal_blocks(t) if causal else [(0, t)]
+    outs = []
+    for a, b in blocks:
+        end = b if causal else k.shape[1]
+        rows = qg[:, :, :, a:b].reshape(n, g, r * (b - a), kd)
+        scores = jnp.einsum("ngqk,ngsk->ngqs", rows, kg[:, :, :end]).astype(jnp.float32)
+        scores = scores.reshape(n, g, r, b - a, end) / np.sqrt(kd).astype(np.float32)
+        scores = jnp.where(mask[:, None, None, a:b, :end], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(n, g, r * (b - a), end)
+        out = jnp.einsum("ngqs,ngsk->ngqk", probs, vg[:, :, :end])
+        outs.append(out.reshape(n, g, r, b - a, kd))
+    out5 = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)  # [N,G,R,T,K]
+    return out5.transpose(0, 3, 1, 2, 4).reshape(n, t, h, kd)
 
 
 class RMSNorm(nnx.Module):
@@ -116,10 +149,12 @@ class Attention(nnx.Module):
             k, v = k + self.k_bias[...], v + self.v_bias[...]
         return apply_rope(k, positions, rope_inv_freq(self.cfg)), v
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    def attend(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal: bool = False
+    ) -> jax.Array:
         """Queries q [N,T,H,K] over keys/values [N,S,Hkv,K] where mask [N,T,S] is True, then the
-        output projection: [N,T,D]."""
-        return jnp.einsum("nthk,hkd->ntd", attention(q, k, v, mask), self.o[...])
+        output projection: [N,T,D]. causal: see `attention`."""
+        return jnp.einsum("nthk,hkd->ntd", attention(q, k, v, mask, causal), self.o[...])
 
     def __call__(self, x, positions, mask, kv):
         """x [N,T,D], positions [N,T], mask [N,T,S] bool, kv: None or (k_cache, v_cache, index).
@@ -133,7 +168,7 @@ class Attention(nnx.Module):
             k_cache, v_cache, index = kv
             k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-        return self.attend(q, k, v, mask), (k, v)
+        return self.attend(q, k, v, mask, causal=kv is None), (k, v)
 
 
 class MLP(nnx.Module):
