@@ -6,7 +6,10 @@ Both sides run in this one process on the same weights and batch and optimise th
 the PPO clipped surrogate on per-token log-probs of tokens 1..255 given their prefix (JAX:
 `rlvr_jax.update.make_train_step`, which also computes the entropy metric; torch: transformers'
 LlamaForCausalLM, log-probs as gathered logit minus logsumexp, clip_grad_norm_(1.0), AdamW
-betas (0.9, 0.95)). Runs alternate JAX / torch so that both see the same background load. For
+betas (0.9, 0.95)). Both sides share the process's allocator: `host_memory.keep_freed_memory()`,
+as the train and distill commands set it (`--system-malloc` leaves glibc's default). After each
+side's first step, `--warmup` untimed rounds of both let the shared heap settle; then runs
+alternate JAX / torch so that both see the same background load. For
 each timed run the CPU time used by *other* processes is read from /proc/stat and reported as a
 share of the machine (the box is shared); medians use uncontended runs when there are enough.
 Last line: `speedup_vs_torch: X.XX` (median torch seconds / median JAX seconds).
