@@ -126,14 +126,16 @@ def test_kv_cache_decode_equals_full_forward(pair):
     assert err <= 1e-5
 
 
-@pytest.mark.parametrize("t", [40, 100, 257])
+@pytest.mark.parametrize("t", [40, 130, 257])
 def test_causal_blocks_equal_full_attention(t):
     """attention(causal=True), which reads only the keys up to each query block's end, equals the
     full masked attention (values and gradients) at every query with a real key; left padding
-    included, block counts 2 (40), 4 (100: 32+32+32+4) and 8 (257: 7 x 33 + 26)."""
+    included, block counts 1 (40: short sequences are not split), 5 (130: 4 x 32 + 2) and 8
+    (257: 7 x 33 + 26)."""
     from rlvr_jax.models.transformer import attention, causal_blocks
 
-    assert [b - a for a, b in causal_blocks(100)] == [32, 32, 32, 4]
+    assert causal_blocks(40) == [(0, 40)]
+    assert [b - a for a, b in causal_blocks(130)] == [32, 32, 32, 32, 2]
     assert len(causal_blocks(257)) == 8 and causal_blocks(257)[-1][1] == 257
     rng = np.random.default_rng(t)
     n, h, hkv, kd = 3, 6, 2, 8
