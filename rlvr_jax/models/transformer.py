@@ -55,10 +55,14 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
     """Rotate x [N, T, H, K] by positions [N, T] (HF's rotate-half layout), computed in fp32."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [N, T, K/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [N, T, 1, K]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+    cos, sin = jnp.cos(freqs), jnp.sin(freqs)
+    cos = jnp.concatenate([cos, cos], axis=-1)[:, :, None, :].astype(x.dtype)  # [N, T, 1, K]
+    sin = jnp.concatenate([-sin, sin], axis=-1)[:, :, None, :].astype(x.dtype)
+    # rotate_half(x) = [-x2, x1]: the sign lives in `sin`, and the halves swap by a reversal of a
+    # size-2 axis, which fuses with the products forwards and backwards (a concatenate of x's
+    # halves does not, and its gradient is two slices and a pad per call).
+    swapped = jnp.flip(x.reshape(*x.shape[:-1], 2, x.shape[-1] // 2), axis=-2).reshape(x.shape)
+    return x * cos + swapped * sin
 
 
 # Causal self-attention runs in query blocks of at least this many rows, each over the keys up to
