@@ -110,10 +110,12 @@ def test_micro_batch_accumulation_equals_one_batch(model, batch):
     for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g4), strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-7)
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g1)) > 1e-4  # not trivially 0
-    for key in ("loss", "clip_frac", "entropy", "kl_ref", "logp_drift"):
+    for key in ("loss", "clip_frac", "entropy", "kl_ref"):
         np.testing.assert_allclose(m1[key], m4[key], rtol=1e-5, atol=1e-7)
-    # logp_old was computed from these params: no sampler/trainer drift, nothing clipped.
-    assert float(m1["logp_drift"]) < 1e-5 and float(m1["clip_frac"]) == 0.0
+    # logp_old was computed from these params by another jitted program: the drift is rounding
+    # only (0 or about 1e-6, as XLA happens to fuse each shape), nothing clipped.
+    for m in (m1, m4):
+        assert float(m["logp_drift"]) < 1e-5 and float(m["clip_frac"]) == 0.0
 
 
 def run_steps(model, batch, n_steps, opt, keep, step):
