@@ -340,12 +340,13 @@ def loss_and_grads(
 
 # XLA options for the jitted update on the CPU backend, per compilation (not XLA_FLAGS, which would
 # also reach the sampler): YNNPACK for the matrix products only, and XLA's sequential schedule
-# instead of the one that runs independent ops side by side (on 2 cores two matrix products at once
-# each get half the machine and evict each other's cache). Measured on 2 cores, SmolLM2-135M,
-# 8 x 256 tokens, the JAX update alone: YNNPACK 24.2 -> 19.0 s (medians of 3); then the sequential
-# schedule 15.1-18.4 -> 14.1-15.2 s per step (4 steps each, the heap kept as host_memory keeps
-# it). The sampler keeps
-# XLA's defaults: as XLA_FLAGS the YNNPACK option made its decode step about 2x slower.
+# instead of the concurrency-optimised one. The schedule sets the order of ops and so which
+# buffers are reused; the runtime still starts independent ops side by side (a trace of this
+# update shows two matrix products at once for about 2.6 s of a 16.8 s step). Measured on 2 cores,
+# SmolLM2-135M, 8 x 256 tokens, the JAX update alone: YNNPACK 24.2 -> 19.0 s (medians of 3); then
+# the sequential schedule 15.1-18.4 -> 14.1-15.2 s per step (4 steps each, the heap kept as
+# host_memory keeps it). The sampler keeps XLA's defaults: as XLA_FLAGS the YNNPACK option made
+# its decode step about 2x slower.
 CPU_TRAIN_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
     "xla_cpu_enable_concurrency_optimized_scheduler": False,

@@ -65,8 +65,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return x * cos + swapped * sin
 
 
-# Causal self-attention runs in query blocks of at least this many rows, each over the keys up to
-# its own end only: up to 8 blocks skip ~7/16 of the score work (the masked upper triangle).
+# Causal self-attention of at least CAUSAL_SPLIT_FROM tokens runs in query blocks of at least
+# CAUSAL_BLOCK_MIN rows, each over the keys up to its own end only: up to CAUSAL_BLOCKS_MAX = 8
+# blocks skip ~7/16 of the score work (the masked upper triangle).
 CAUSAL_SPLIT_FROM = 128
 CAUSAL_BLOCK_MIN = 32
 CAUSAL_BLOCKS_MAX = 8
@@ -75,8 +76,8 @@ CAUSAL_BLOCKS_MAX = 8
 def causal_blocks(t: int) -> list[tuple[int, int]]:
     """Query row ranges [(start, end)] splitting t rows for `attention(..., causal=True)`.
 
-    Sequences shorter than CAUSAL_SPLIT_FROM stay one block: there the skipped scores are worth
-    less than the larger program costs to compile (tests and short prompts are compile-bound)."""
+    Sequences shorter than CAUSAL_SPLIT_FROM stay one block: there the skipped scores are little
+    work, and each block makes the compiled program larger."""
     if t < CAUSAL_SPLIT_FROM:
         return [(0, t)]
     size = max(CAUSAL_BLOCK_MIN, -(-t // CAUSAL_BLOCKS_MAX))
