@@ -82,6 +82,41 @@ class MetricsWriter:
             self._tb.close()
 
 
+class CompileMeter:
+    """Seconds spent getting compiled XLA programs since the last `take()`: backend compiles and
+    loads from the persistent compilation cache, as jax.monitoring reports them. A step that meets
+    a new shape (a prompt-length bucket not seen before) compiles its rollout, reference and update
+    programs again; logged as time/compile_s and time/compiles, that reads as compilation, not as a
+    slow program."""
+
+    EVENTS = (
+        "/jax/core/compile/backend_compile_duration",
+        "/jax/compilation_cache/cache_retrieval_time_sec",
+    )
+
+    def __init__(self) -> None:
+        import jax.monitoring
+
+        self.seconds, self.count = 0.0, 0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_: Any) -> None:
+        if event in self.EVENTS:
+            self.seconds += float(duration)
+            self.count += 1
+
+    def take(self) -> dict[str, float | int]:
+        """{"time/compile_s", "time/compiles"} since the last call; resets both."""
+        out = {"time/compile_s": self.seconds, "time/compiles": self.count}
+        self.seconds, self.count = 0.0, 0
+        return out
+
+    def close(self) -> None:
+        import jax.monitoring
+
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
 

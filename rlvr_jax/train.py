@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
-from rlvr_jax.metrics import MetricsWriter, plot_curves
+from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
 from rlvr_jax.rollout import generate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (a Python file).")
@@ -354,32 +354,37 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
         unit="step",
         disable=jax.process_index() != 0,
     )
-    for step in bar:
-        t0 = time.perf_counter()
-        state, met = rl_step(run, state, step)
-        met["time/step_s"] = time.perf_counter() - t0
-        done = step + 1
-        if int(cfg.train.eval_every) and done % int(cfg.train.eval_every) == 0:
-            met.update(evaluate_greedy(run, state))
-        if done == steps:
-            met.update(evaluate_greedy(run, state))
-        records.append(writer.write(done, met))
-        bar.set_postfix(
-            reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}"
-        )
-        streak = int(met["train/nonfinite_streak"])
-        if done % int(cfg.train.ckpt_every) == 0 or done == steps or streak:
-            save_checkpoint(run, state, done)
-        if streak >= int(cfg.train.max_nonfinite):
-            writer.close()
-            raise RunStopped(
-                f"{streak} non-finite updates in a row at step {done} (loss or gradient NaN/Inf); "
-                f"checkpoint saved in {_ckpt_dir(workdir)}. Lower optim.lr or check the rewards."
+    compiles = CompileMeter()  # a slow step that compiled says so
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            compiles.take()
+            state, met = rl_step(run, state, step)
+            met["time/step_s"] = time.perf_counter() - t0
+            met.update(compiles.take())
+            done = step + 1
+            if int(cfg.train.eval_every) and done % int(cfg.train.eval_every) == 0:
+                met.update(evaluate_greedy(run, state))
+            if done == steps:
+                met.update(evaluate_greedy(run, state))
+            records.append(writer.write(done, met))
+            bar.set_postfix(
+                reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}"
             )
-        if stop_after is not None and len(records) >= stop_after:
-            writer.close()
-            return records
-    writer.close()
+            streak = int(met["train/nonfinite_streak"])
+            if done % int(cfg.train.ckpt_every) == 0 or done == steps or streak:
+                save_checkpoint(run, state, done)
+            if streak >= int(cfg.train.max_nonfinite):
+                raise RunStopped(
+                    f"{streak} non-finite updates in a row at step {done} (loss or gradient "
+                    f"NaN/Inf); checkpoint saved in {_ckpt_dir(workdir)}. Lower optim.lr or "
+                    "check the rewards."
+                )
+            if stop_after is not None and len(records) >= stop_after:
+                return records
+    finally:
+        writer.close()
+        compiles.close()
     finish(run, state)
     return records
 

@@ -15,7 +15,7 @@ import pytest
 
 from configs import tiny
 from rlvr_jax import data, train
-from rlvr_jax.metrics import read_metrics
+from rlvr_jax.metrics import CompileMeter, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,32 @@ def test_tiny_task_is_learned(algo, tmp_path):
     # Sampler and trainer compute the same log-probs (fp32) on every step.
     assert max(r["train/logp_drift"] for r in recs) <= 1e-4
     assert (tmp_path / "curves.png").is_file()
+    # The first step builds its programs; the steps after it mostly reuse them.
+    assert recs[0]["time/compiles"] >= 1 and recs[0]["time/compile_s"] > 0
+    assert sum(r["time/compiles"] == 0 for r in recs[1:]) >= len(recs) // 2, [
+        r["time/compiles"] for r in recs
+    ]
+
+
+def test_compile_meter_counts_programs_built():
+    import jax
+    import jax.numpy as jnp
+
+    meter = CompileMeter()
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)
+    x7, x9 = np.ones(7, np.float32), np.ones(9, np.float32)
+    f(x7).block_until_ready()
+    first = meter.take()
+    f(x7).block_until_ready()
+    again = meter.take()
+    f(x9).block_until_ready()
+    new_shape = meter.take()
+    meter.close()
+    f(np.ones(11, np.float32)).block_until_ready()
+    assert first["time/compiles"] >= 1 and first["time/compile_s"] > 0
+    assert again == {"time/compile_s": 0.0, "time/compiles": 0}
+    assert new_shape["time/compiles"] >= 1
+    assert meter.take()["time/compiles"] == 0  # closed: no longer listening
 
 
 def _run_cli(workdir: Path, steps: int) -> subprocess.Popen:
