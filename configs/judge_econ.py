@@ -30,7 +30,9 @@ def get_config(arg: str | None = None):
     # "judge" (a judge model on a policy's rollouts; see the teacher_* fields).
     c.distill.teachers = ("data",)
     c.distill.questions_per_source = 0  # 0: every training question of each source
-    c.distill.other_answers = 1  # per question: other questions' references labelled NO
+    # Per question: other questions' references labelled NO (easy negatives). 0 since judge v5:
+    # the minimal pairs below take their place at about the same row count.
+    c.distill.other_answers = 0
     c.distill.yes_forms = 1  # each YES answer written in this many final-line forms
     # ... and each distractor (the hard negatives). 2 was tried: the judge leaned to NO (held-out
     # accuracy 0.793 before calibration, 0.829 after, against 0.843 / 0.836 with 1).
@@ -38,6 +40,10 @@ def get_config(arg: str | None = None):
     # Share of answers (YES and NO) rewritten in another surface form ("$25" -> "25 dollars"),
     # so that the judge compares values, not spellings: examples.surface_forms.
     c.distill.surface_rate = 0.5
+    # Per question: up to this many rewrites of the reference that keep its value ("3/4" ->
+    # "0.75"; YES) and minimal changes of it ("0.25" -> "-0.25", "increasing" -> "decreasing";
+    # NO): distill/minimal_pairs.py.
+    c.distill.minimal_pairs = 2
     c.distill.probes_per_question = 1  # master-key negatives per question
     c.distill.probe_kinds = ()  # () = every kind in probes.PROBES
     c.distill.math_questions = 0  # for the "math" teacher
@@ -47,9 +53,14 @@ def get_config(arg: str | None = None):
     c.distill.teacher_samples = 4
     c.distill.teacher_max_new_tokens = 128
     c.distill.epochs = 4
+    # > 0: the judge is the moving average of its trained weights over ~1 / (1 - d) steps.
+    c.distill.ema_decay = 0.98
     c.distill.batch_tokens = 2048  # suffix tokens per SFT batch (prefixes come on top)
     c.distill.max_suffixes = 16  # candidates sharing one prefix copy
     c.distill.merge_tokens = 3000  # merge shape buckets when that adds fewer padded tokens
+    # > 0: plus this weight times a ranking loss between the YES and NO candidates of one
+    # question (split_model.pair_loss), next to the verdict cross-entropy.
+    c.distill.pair_weight = 1.0
     c.distill.class_balance = True  # YES and NO rows weigh the same in the loss in total
     c.distill.eval_probes_per_question = 8  # 0: every probe on every held-out question
     c.distill.heldout_questions = 0  # 0: every held-out question

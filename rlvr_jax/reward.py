@@ -288,8 +288,10 @@ def _scores(logits: jax.Array, yes_ids, no_ids, valid, yes_bias=0.0) -> JudgeSco
     """The rewards from next-token logits [N, V] (see the module docstring)."""
     logits = calibrated(logits, yes_ids, yes_bias)
     probs = jax.nn.softmax(logits, axis=-1)
-    p_yes = jnp.take(probs, yes_ids, axis=-1).sum(-1)
-    p_no = jnp.take(probs, no_ids, axis=-1).sum(-1)
+    # Clipped: a sum of float32 probabilities can round past 1 (by ~2e-7) for a sure verdict,
+    # and a reward (or 1 - p_no) outside [0, 1] breaks every consumer that checks its range.
+    p_yes = jnp.minimum(jnp.take(probs, yes_ids, axis=-1).sum(-1), 1.0)
+    p_no = jnp.minimum(jnp.take(probs, no_ids, axis=-1).sum(-1), 1.0)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     is_yes = jnp.any(greedy[:, None] == yes_ids[None], axis=-1)
     is_no = jnp.any(greedy[:, None] == no_ids[None], axis=-1)

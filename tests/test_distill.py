@@ -20,6 +20,7 @@ from flax import nnx
 
 from rlvr_jax import data, reward, update
 from rlvr_jax.distill import examples as E
+from rlvr_jax.distill import minimal_pairs as mp
 from rlvr_jax.distill import sft, units
 from rlvr_jax.distill import split_model as sm
 from rlvr_jax.distill.cache import compute, hidden_batch, tokens_batch
@@ -134,6 +135,62 @@ def test_surface_rate_rewrites_yes_and_no_answers_and_keeps_labels():
         sources = (ex.reference, *ex.rephrasings) if r["label"] == "YES" else ex.distractors
         assert any(f in line for a in sources for f in E.surface_forms(a))
     assert "$60" not in " ".join(lines) and "$20" not in " ".join(lines)  # YES and NO rewritten
+
+
+@pytest.mark.parametrize(
+    "answer, equal, different",
+    [
+        ("3/4", ["0.75"], ["-3/4", "3/5"]),
+        ("0.375", ["3/8"], ["-0.375", "3.75", "0.0375", "0.5625", "0.2812"]),
+        ("4%", ["0.04"], ["-4%", "40%", "0.4%", "6%", "3%", "0.4"]),
+        ("1,200 units", ["1200 units"], ["-1,200 units", "12,000 units", "120 units"]),
+        ("$9 million", ["$9,000,000"], ["-$9 million", "$90 million", "$0.9 million"]),
+        ("+4 units", ["4 units"], ["-4 units", "40 units", "0.4 units", "6 units", "3 units"]),
+        ("2", ["+2"], ["-2", "20", "0.2", "3", "1.5"]),
+        ("0%", ["0"], []),  # zero has no sign to flip and no scale to change
+        ("increasing returns to scale", [], ["decreasing returns to scale"]),
+        ("the peso depreciates by about 6%", [], ["the peso appreciates by about 6%"]),
+        ("first-degree price discrimination", [], ["second-degree price discrimination"]),
+        ("but-1-ene", [], []),  # digits inside a name are no number
+        ("1.4 × 10^10", [], []),
+    ],
+)
+def test_minimal_pairs_of_an_answer(answer, equal, different):
+    assert mp.equivalents(answer) == equal
+    assert mp.near_misses(answer)[: len(different)] == different
+
+
+@pytest.mark.parametrize(
+    "answer", ["3/4", "0.375", "4%", "13.33%", "1,200", "2", "+4", "-1", "0.25"]
+)
+def test_minimal_pairs_agree_with_math_verify(answer):
+    """An independent judge of numeric equality: every rewrite equal, every near miss not."""
+    from math_verify import parse, verify
+
+    gold = parse(f"${answer}$")
+    assert all(verify(gold, parse(f"${x}$")) for x in mp.equivalents(answer))
+    assert mp.near_misses(answer) and not any(
+        verify(gold, parse(f"${x}$")) for x in mp.near_misses(answer)
+    )
+
+
+def test_minimal_pair_rows_add_to_the_other_rows():
+    mk = lambda i, ref: data.Example(
+        f"q{i}", f"Q{i}?", ({"role": "user", "content": f"Q{i}?"},), ref, "economics",
+        "economics", "micro", (), ("wrong",),
+    )  # fmt: skip
+    exs = [mk(0, "0.25"), mk(1, "a rising price"), mk(2, "output falls")]
+    plain = E.labelled_rows(exs, seed=0, other_answers=1)
+    more = E.labelled_rows(exs, seed=0, other_answers=1, minimal_pairs=2)
+    assert [r for r in more if r["kind"] not in ("equivalent", "near_miss")] == plain
+    added = [r for r in more if r["kind"] in ("equivalent", "near_miss")]
+    by_q = lambda q, kind: [reward.last_nonempty_line(r["response"]) for r in added
+                            if r["question"] == q and r["kind"] == kind]  # fmt: skip
+    assert len(by_q("Q0?", "equivalent")) == 1 and "1/4" in by_q("Q0?", "equivalent")[0]
+    assert len(by_q("Q0?", "near_miss")) == 2 and not by_q("Q1?", "near_miss")
+    assert "output rises" in by_q("Q2?", "near_miss")[0]
+    for r in added:
+        assert r["label"] == ("YES" if r["kind"] == "equivalent" else "NO")
 
 
 def test_no_heldout_question_leaks(tmp_path):
@@ -296,6 +353,39 @@ def test_cached_training_equals_uncached(tiny_dir, tok):
         np.testing.assert_allclose(a, c, rtol=1e-3, atol=1e-6)
 
 
+def test_sure_verdicts_stay_probabilities():
+    """Six YES spellings holding all the mass: float32 sums round past 1 (by ~2e-7) unless
+    clipped, and the evaluation's AUC/calibration (sklearn) then refuses the scores."""
+    rng = np.random.default_rng(0)
+    yes_ids, no_ids = jnp.arange(6), jnp.arange(6, 12)
+    over = False
+    for _ in range(50):
+        logits = jnp.asarray(rng.normal(0, 3, (64, 40)).astype(np.float32)).at[:, :6].add(60.0)
+        s = reward._scores(logits, yes_ids, no_ids, jnp.ones(64, bool))
+        for x in (s.p_yes, s.p_no, s.soft):
+            assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+        lp_yes, lp_no = sm.verdict_logprobs(logits, yes_ids, no_ids)
+        p_yes, p_no = sm.verdict_probs(lp_yes, lp_no)  # the split-layer read-out's
+        assert float(p_yes.max()) <= 1.0 and float(p_no.min()) >= 0.0
+        over |= float(jnp.exp(lp_yes).max()) > 1.0
+    assert over  # the unclipped sums did round past 1: the case is exercised
+
+
+def test_pair_loss_ranks_candidates_of_one_prompt_only():
+    p_yes = jnp.array([0.9, 0.2, 0.6, 0.5, 0.3])
+    p_no = jnp.array([0.1, 0.8, 0.4, 0.5, 0.7])
+    labels = jnp.array([1, 0, 1, 0, 0])
+    weights = jnp.array([1.0, 1.0, 1.0, 0.0, 2.0])  # row 3 is a filler slot
+    owner = jnp.array([0, 0, 1, 1, 1])
+    got = sm.pair_loss(jnp.log(p_yes), jnp.log(p_no), labels, weights, owner)
+    m = np.log(np.asarray(p_yes) / np.asarray(p_no))
+    pairs = [(0, 1), (2, 4)]  # (YES, NO) of the same owner; not (0, 4), not the filler (2, 3)
+    want = np.mean([np.log1p(np.exp(m[j] - m[i])) for i, j in pairs])
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    none = sm.pair_loss(jnp.log(p_yes), jnp.log(p_no), labels, weights, jnp.arange(5))
+    assert float(none) == 0.0  # no two candidates of one prompt: no pair
+
+
 def test_sft_step_lowers_the_loss(tiny_dir, tok):
     import ml_collections
 
@@ -321,13 +411,32 @@ def test_sft_step_lowers_the_loss(tiny_dir, tok):
         20,
     )
     step = sft.make_train_step(m.graphdef, 1, opt)
-    st = sft.init_state(trainable, opt)
+    st = sft.init_state(jax.tree.map(jnp.copy, trainable), opt)  # the step donates its state
     losses = []
     for _ in range(8):
         st, met = step(st, frozen, h, labels, weights, yes, no)
         losses.append(float(met["loss"]))
     assert losses[-1] < losses[0] - 0.5 and all(np.diff(losses) < 0), losses
     assert int(st.step) == 8
+    leaves = lambda tree: [np.array(x) for x in jax.tree.leaves(tree)]  # copies: state is donated
+    assert st.ema is None and st.judge_params is st.params  # no average kept by default
+    # Decay 0.5: the same params (the average does not steer training), ema halfway each step.
+    step_ema = sft.make_train_step(m.graphdef, 1, opt, ema_decay=0.5)
+    st0 = sft.init_state(jax.tree.map(jnp.copy, trainable), opt)
+    st_ema = sft.init_state(jax.tree.map(jnp.copy, trainable), opt, ema=True)
+    expected = leaves(st_ema.ema)
+    for _ in range(3):
+        st0, _ = step(st0, frozen, h, labels, weights, yes, no)
+        st_ema, _ = step_ema(st_ema, frozen, h, labels, weights, yes, no)
+        expected = [0.5 * e + 0.5 * p for e, p in zip(expected, leaves(st_ema.params), strict=True)]
+        for a, b in zip(leaves(st_ema.ema), expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(leaves(st0.params), leaves(st_ema.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(leaves(st_ema.ema)[0], leaves(st_ema.params)[0])
+    assert st_ema.judge_params is st_ema.ema
+    with pytest.raises(ValueError, match="ema_decay"):
+        sft.make_train_step(m.graphdef, 1, opt, ema_decay=1.0)
 
 
 # ------------------------------------------------------------------------------ whole run

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-DEFAULT_JUDGE = "judge-econ-v4"  # bump when the recipe changes: a new name, never a stale judge
+DEFAULT_JUDGE = "judge-econ-v5"  # bump when the recipe changes: a new name, never a stale judge
 CONFIG = "configs/judge_econ.py"
 
 
@@ -61,7 +61,7 @@ def ensure_default_judge(quiet: bool = False) -> Path:
     work = target.with_name(target.name + ".work")
     if not quiet:
         print(
-            f"rlvr_jax: the default judge is not distilled yet: running {CONFIG} once (about 22 "
+            f"rlvr_jax: the default judge is not distilled yet: running {CONFIG} once (about 23 "
             f"minutes on 2 CPU cores; resumable) in {work}; it is cached in {target} afterwards",
             file=sys.stderr,
         )

@@ -26,6 +26,7 @@ import numpy as np
 
 from rlvr_jax import probes
 from rlvr_jax.data import Example
+from rlvr_jax.distill import minimal_pairs as mp
 
 # Final-line forms besides probes.ANSWER_FORMS, so that the judge does not learn one phrasing
 # (the held-out rows use ANSWER_FORMS only).
@@ -110,13 +111,18 @@ def labelled_rows(
     yes_forms: int = 1,
     surface_rate: float = 0.0,
     distractor_forms: int = 1,
+    minimal_pairs: int = 0,
 ) -> list[dict]:
     """Rows labelled by the data: per question, the reference and rephrasings (YES, each in
     `yes_forms` forms), the distractors (NO, each in `distractor_forms` forms: the hard
     negatives, close to the reference in content) and `other_answers` references of other questions
     of the same subject (NO; harder than random ones). Each answer, YES or NO, is replaced by one
-    of its `surface_forms` with probability `surface_rate`. Same seed, same rows."""
+    of its `surface_forms` with probability `surface_rate`. With `minimal_pairs` = k > 0, also up
+    to k rewrites of the reference that keep its value (YES, kind "equivalent") and up to k
+    minimal changes of it (NO, kind "near_miss"), from distill/minimal_pairs.py; they draw from
+    their own random stream, so the other rows stay the same. Same seed, same rows."""
     rng = np.random.default_rng([seed, 1])
+    rng_mp = np.random.default_rng([seed, 6])
     form = lambda a: _form(_rewrite(a, surface_rate, rng), rng)
     by_subject: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
@@ -140,6 +146,13 @@ def labelled_rows(
                 continue
             rows.append(_row(ex, form(other), "NO", "other_answer", picked, "data"))
             picked += 1
+        for label, kind, found in (
+            ("YES", "equivalent", mp.equivalents(ex.reference)),
+            ("NO", "near_miss", mp.near_misses(ex.reference)),
+        ):
+            take = min(minimal_pairs, len(found))
+            for k, j in enumerate(rng_mp.choice(len(found), size=take, replace=False).tolist()):
+                rows.append(_row(ex, _form(found[j], rng_mp), label, kind, k, "data"))
     return rows
 
 

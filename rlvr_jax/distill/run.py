@@ -90,6 +90,7 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
                 int(d.yes_forms),
                 float(d.surface_rate),
                 int(d.distractor_forms),
+                int(d.minimal_pairs),
             )
         elif t == "math":
             src = f"math:{int(d.math_questions)}:{seed}"
@@ -279,9 +280,16 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     plan = [bt for ep in epochs for bt in ep]
     epoch_ends = set(np.cumsum([len(ep) for ep in epochs]).tolist())
     optimizer = update.make_optimizer(cfg.optim, len(plan))
-    step_fn = sft.make_train_step(model.graphdef, split, optimizer)
+    step_fn = sft.make_train_step(
+        model.graphdef,
+        split,
+        optimizer,
+        float(cfg.distill.ema_decay),
+        float(cfg.distill.pair_weight),
+    )
     # Committed to the device like the step's outputs, so the donated state keeps one compile.
-    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer)
+    ema = float(cfg.distill.ema_decay) > 0
+    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer, ema)
     st = jax.device_put(st, jax.devices()[0])
     writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
     first = checkpoint.latest_step(_ckpt_dir(workdir)) or 0
@@ -305,7 +313,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         bar.set_postfix(loss=f"{met['train/loss']:.3f}", acc=f"{met['train/acc']:.2f}")
         done_here += 1
         if cfg.distill.eval_each_epoch and i + 1 in epoch_ends and i + 1 < len(plan):
-            fig, _ = figures(nnx.merge_state(frozen, st.params))
+            fig, _ = figures(nnx.merge_state(frozen, st.judge_params))
             writer.write(i + 1, _scalars(fig, "heldout/"))
             bar.write(
                 f"rlvr_jax: after epoch {len([e for e in epoch_ends if e <= i + 1])}: " + _line(fig)
@@ -323,7 +331,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     bar.close()
     phases["sft_s"] = meter.read()["wall_s"] - phases["prepare_and_cache_s"]
 
-    state = nnx.merge_state(frozen, st.params)
+    state = nnx.merge_state(frozen, st.judge_params)
     calibration = {"yes_bias": 0.0}
     if val is not None and cfg.distill.calibrate:
         val_before, v = figures(state, val)

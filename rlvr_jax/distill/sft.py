@@ -28,15 +28,26 @@ from rlvr_jax.distill import split_model as sm
 
 @flax.struct.dataclass
 class SFTState:
-    """step [] int32, params (the trainable part of the judge's state), opt_state (for params)."""
+    """step [] int32, params (the trainable part of the judge's state), opt_state (for params),
+    ema (the exponential moving average of params, or None when none is kept)."""
 
     step: jax.Array
     params: nnx.State
     opt_state: optax.OptState
+    ema: nnx.State | None = None
+
+    @property
+    def judge_params(self) -> nnx.State:
+        """What the judge is made of: the average when one is kept, else the params."""
+        return self.params if self.ema is None else self.ema
 
 
-def init_state(params: nnx.State, optimizer: optax.GradientTransformation) -> SFTState:
-    return SFTState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+def init_state(
+    params: nnx.State, optimizer: optax.GradientTransformation, ema: bool = False
+) -> SFTState:
+    """A fresh state; ema=True keeps a moving average (starting at params)."""
+    avg = jax.tree.map(jnp.copy, params) if ema else None
+    return SFTState(jnp.zeros((), jnp.int32), params, optimizer.init(params), avg)
 
 
 def batch_loss(
@@ -49,11 +60,15 @@ def batch_loss(
     weights: jax.Array,
     yes_ids: jax.Array,
     no_ids: jax.Array,
+    pair_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted verdict cross-entropy of a batch of split-layer states h; labels, weights [N]."""
+    """Weighted verdict cross-entropy of a batch of split-layer states h; labels, weights [N].
+    pair_weight > 0 adds that times `split_model.pair_loss` (candidates of one prompt ranked)."""
     logits = sm.top_logits(graphdef, nnx.merge_state(frozen, params), split, h)
     lp_yes, lp_no = sm.verdict_logprobs(logits, yes_ids, no_ids)
     loss = sm.verdict_loss(lp_yes, lp_no, labels, weights)
+    if pair_weight:
+        loss = loss + pair_weight * sm.pair_loss(lp_yes, lp_no, labels, weights, h.owner)
     real = weights > 0
     hit = (lp_yes > lp_no) == labels.astype(bool)
     acc = jnp.sum(real & hit) / jnp.maximum(jnp.sum(real), 1)
@@ -61,13 +76,26 @@ def batch_loss(
     return loss, {"acc": acc, "verdict_mass": mass / jnp.maximum(jnp.sum(real), 1)}
 
 
-def make_train_step(graphdef: nnx.GraphDef, split: int, optimizer: optax.GradientTransformation):
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    split: int,
+    optimizer: optax.GradientTransformation,
+    ema_decay: float = 0.0,
+    pair_weight: float = 0.0,
+):
     """Jitted `(SFTState, frozen, h, labels, weights, yes_ids, no_ids) -> (SFTState, metrics)`.
 
     The SFTState is donated. A non-finite loss or gradient leaves the params and optimizer state
-    unchanged (metrics["nonfinite"] = 1).
+    unchanged (metrics["nonfinite"] = 1). With ema_decay d > 0 (and a state made with ema=True),
+    ema <- d * ema + (1 - d) * params after each step: an average over about 1 / (1 - d) steps,
+    which evens out the last batches' pull on a judge trained on a few thousand rows.
+    pair_weight: see `batch_loss`.
     """
-    grad_fn = jax.value_and_grad(functools.partial(batch_loss, graphdef, split), has_aux=True)
+    d = float(ema_decay)
+    if not 0.0 <= d < 1.0:
+        raise ValueError(f"config distill.ema_decay: {d} is not in [0, 1)")
+    loss_fn = functools.partial(batch_loss, graphdef, split, pair_weight=float(pair_weight))
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(st: SFTState, frozen, h, labels, weights, yes_ids, no_ids):
@@ -77,7 +105,11 @@ def make_train_step(graphdef: nnx.GraphDef, split: int, optimizer: optax.Gradien
         params = optax.apply_updates(st.params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        new = SFTState(st.step + 1, keep(params, st.params), keep(opt_state, st.opt_state))
+        params, opt_state = keep(params, st.params), keep(opt_state, st.opt_state)
+        ema = st.ema
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+        new = SFTState(st.step + 1, params, opt_state, ema)
         return new, {"loss": loss, "grad_norm": gnorm, "nonfinite": 1 - ok.astype(jnp.int32), **aux}
 
     return step

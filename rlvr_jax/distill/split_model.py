@@ -183,6 +183,13 @@ def verdict_logprobs(
     return lp_yes, lp_no
 
 
+def verdict_probs(lp_yes: jax.Array, lp_no: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """P(YES), P(NO) from their log-probs, clipped to 1: a float32 sum of the spellings'
+    probabilities can round past 1 (by ~2e-7) for a sure verdict, and the evaluation's AUC and
+    calibration (sklearn) refuse probabilities outside [0, 1]."""
+    return jnp.minimum(jnp.exp(lp_yes), 1.0), jnp.minimum(jnp.exp(lp_no), 1.0)
+
+
 def verdict_loss(
     lp_yes: jax.Array, lp_no: jax.Array, labels: jax.Array, weights: jax.Array
 ) -> jax.Array:
@@ -190,6 +197,21 @@ def verdict_loss(
     full-vocabulary probability summed over the verdict's spellings. labels, weights [N]."""
     nll = -jnp.where(labels.astype(bool), lp_yes, lp_no)
     return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), 1e-9)
+
+
+def pair_loss(
+    lp_yes: jax.Array, lp_no: jax.Array, labels: jax.Array, weights: jax.Array, owner: jax.Array
+) -> jax.Array:
+    """Mean over (YES row, NO row) pairs that judge the same prompt prefix (same `owner`: the
+    same question and reference) of softplus(margin_no - margin_yes), margin = log P(YES) -
+    log P(NO). It ranks a question's right candidates above its wrong ones whatever the
+    question's own pull towards YES or NO (the zero-shot judge's failure: its verdict followed
+    the question). labels, weights (0: filler slot), owner [N]; 0 when the batch has no pair."""
+    margin = lp_yes - lp_no
+    real, yes = weights > 0, labels.astype(bool)
+    pairs = (owner[:, None] == owner[None, :]) & (real & yes)[:, None] & (real & ~yes)[None, :]
+    loss = jax.nn.softplus(margin[None, :] - margin[:, None])
+    return jnp.sum(jnp.where(pairs, loss, 0.0)) / jnp.maximum(jnp.sum(pairs), 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,9 +263,10 @@ def score(
     same calibration `yes_bias`)."""
     logits = calibrated(top_logits(graphdef, state, split, h), yes_ids, yes_bias)
     lp_yes, lp_no = verdict_logprobs(logits, yes_ids, no_ids)
+    p_yes, p_no = verdict_probs(lp_yes, lp_no)
     return {
-        "p_yes": jnp.exp(lp_yes),
-        "p_no": jnp.exp(lp_no),
+        "p_yes": p_yes,
+        "p_no": p_no,
         "greedy": jnp.argmax(logits, axis=-1).astype(jnp.int32),
     }
 
