@@ -66,13 +66,16 @@ def _parse(answer: str) -> re.Match | None:
     return m if m and not (m["den"] and (m["scale"] or m["pct"] or m["cur"])) else None
 
 
-def _value(m: re.Match) -> Fraction:
-    v = Fraction(m["num"].replace(",", ""))
-    if m["den"]:
-        den = int(m["den"][1:])
-        if den == 0:
-            raise ZeroDivisionError
-        v /= den
+def _value(m: re.Match | None) -> Fraction | None:
+    """The parsed number's value; None when there is no number or its denominator is 0."""
+    if m is None:
+        return None
+    try:
+        v = Fraction(m["num"].replace(",", ""))
+        if m["den"]:
+            v /= int(m["den"][1:])
+    except ZeroDivisionError:
+        return None
     return -v if m["sign"] == "-" else v
 
 
@@ -100,11 +103,8 @@ def equivalents(answer: str) -> list[str]:
     digits ("$9 million" / "$9,000,000"), a "+" dropped; an explicit "+" on a positive number when
     no other rule applies. Empty for non-numeric answers."""
     m = _parse(answer)
-    if m is None:
-        return []
-    try:
-        v = _value(m)
-    except (ValueError, ZeroDivisionError):
+    v = _value(m)
+    if v is None:
         return []
     sign = "-" if v < 0 else ""
     out = []
@@ -138,24 +138,18 @@ def near_misses(answer: str) -> list[str]:
     ("4%" / "0.4"), a word replaced by its opposite ("increasing" / "decreasing")."""
     out = []
     m = _parse(answer)
-    if m is not None:
-        try:
-            v = _value(m)
-        except (ValueError, ZeroDivisionError):
-            v = None
-        if v is not None:
+    v = _value(m)
+    if v:  # zero has no sign to flip and no scale to change
+        out.append(_build(m, "" if v < 0 else "-", m["num"] + (m["den"] or "")))
+        if m["den"]:  # 3/4 -> 3/5
+            out.append(_build(m, m["sign"], f"{m['num']}/{int(m['den'][1:]) + 1}"))
+        else:
             places, commas = _decimals(m["num"]), "," in m["num"]
-            if v != 0:
-                flipped = "" if v < 0 else "-"
-                out.append(_build(m, flipped, m["num"] + (m["den"] or "")))
-            if not m["den"] and v != 0:
-                for x in (v * 10, v / 10, v * Fraction(3, 2), v * Fraction(3, 4)):
-                    num = _fmt(x, max(places, 1 if x.denominator > 1 else 0) + 1, commas)
-                    if Fraction(num.replace(",", "")) not in (0, abs(v)):
-                        out.append(_build(m, "-" if x < 0 else "", num))
-            if m["den"] and v != 0:  # 3/4 -> 3/5
-                out.append(_build(m, m["sign"], f"{m['num']}/{int(m['den'][1:]) + 1}"))
-            if m["pct"] and not m["den"] and v != 0:
+            for x in (v * 10, v / 10, v * Fraction(3, 2), v * Fraction(3, 4)):
+                num = _fmt(x, max(places, 1 if x.denominator > 1 else 0) + 1, commas)
+                if Fraction(num.replace(",", "")) not in (0, abs(v)):
+                    out.append(_build(m, "-" if x < 0 else "", num))
+            if m["pct"]:  # 4% read as the decimal 0.4
                 out.append(_build(m, "-" if v < 0 else "", _fmt(abs(v) / 10, 3, False), pct=""))
     swapped = _WORDS.sub(lambda w: _SWAP[w[0]], answer)
     if swapped != answer:
