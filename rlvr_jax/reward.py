@@ -284,14 +284,22 @@ def calibrated(logits: jax.Array, yes_ids: jax.Array, yes_bias) -> jax.Array:
     return logits.at[:, yes_ids].add(jnp.asarray(yes_bias, logits.dtype))
 
 
+def verdict_probs(logits: jax.Array, yes_ids, no_ids) -> tuple[jax.Array, jax.Array]:
+    """P(YES), P(NO) [N] from next-token logits [N, V], each summed over its spellings: the one
+    verdict read-out of the RL scorer and the distillation's evaluation. Clipped to 1: a float32
+    sum of the spellings' probabilities can round past 1 (by ~2e-7) for a sure verdict, and a
+    reward (or 1 - p_no) outside [0, 1] breaks every consumer that checks its range (sklearn's
+    AUC and calibration among them)."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    p_yes = jnp.minimum(jnp.take(probs, yes_ids, axis=-1).sum(-1), 1.0)
+    p_no = jnp.minimum(jnp.take(probs, no_ids, axis=-1).sum(-1), 1.0)
+    return p_yes, p_no
+
+
 def _scores(logits: jax.Array, yes_ids, no_ids, valid, yes_bias=0.0) -> JudgeScores:
     """The rewards from next-token logits [N, V] (see the module docstring)."""
     logits = calibrated(logits, yes_ids, yes_bias)
-    probs = jax.nn.softmax(logits, axis=-1)
-    # Clipped: a sum of float32 probabilities can round past 1 (by ~2e-7) for a sure verdict,
-    # and a reward (or 1 - p_no) outside [0, 1] breaks every consumer that checks its range.
-    p_yes = jnp.minimum(jnp.take(probs, yes_ids, axis=-1).sum(-1), 1.0)
-    p_no = jnp.minimum(jnp.take(probs, no_ids, axis=-1).sum(-1), 1.0)
+    p_yes, p_no = verdict_probs(logits, yes_ids, no_ids)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     is_yes = jnp.any(greedy[:, None] == yes_ids[None], axis=-1)
     is_no = jnp.any(greedy[:, None] == no_ids[None], axis=-1)

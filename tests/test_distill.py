@@ -262,7 +262,8 @@ def test_math_rows_follow_math_verify():
 # ------------------------------------------------------------------------------ batching
 
 
-def test_units_cover_every_row_once_and_rebuild_prompts():
+@pytest.mark.parametrize("merge_tokens", [100, 0])  # 0: one-unit buckets stay apart
+def test_units_cover_every_row_once_and_rebuild_prompts(merge_tokens):
     rng = np.random.default_rng(0)
     ids, keys = [], []
     for g in range(7):
@@ -270,7 +271,7 @@ def test_units_cover_every_row_once_and_rebuild_prompts():
         for _ in range(int(rng.integers(1, 12))):
             ids.append(prefix + rng.integers(3, 200, size=int(rng.integers(1, 30))).tolist())
             keys.append(g)
-    buckets = units.build_buckets(ids, keys, pad_id=0, max_suffixes=4, merge_tokens=100)
+    buckets = units.build_buckets(ids, keys, pad_id=0, max_suffixes=4, merge_tokens=merge_tokens)
     seen = []
     for bt in units.sequential_batches(buckets, batch_tokens=64):
         b = buckets[bt.bucket]
@@ -364,10 +365,10 @@ def test_sure_verdicts_stay_probabilities():
         s = reward._scores(logits, yes_ids, no_ids, jnp.ones(64, bool))
         for x in (s.p_yes, s.p_no, s.soft):
             assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-        lp_yes, lp_no = sm.verdict_logprobs(logits, yes_ids, no_ids)
-        p_yes, p_no = sm.verdict_probs(lp_yes, lp_no)  # the split-layer read-out's
+        p_yes, p_no = reward.verdict_probs(logits, yes_ids, no_ids)  # split_model.score's too
         assert float(p_yes.max()) <= 1.0 and float(p_no.min()) >= 0.0
-        over |= float(jnp.exp(lp_yes).max()) > 1.0
+        probs = jax.nn.softmax(logits, axis=-1)
+        over |= float(jnp.take(probs, yes_ids, axis=-1).sum(-1).max()) > 1.0
     assert over  # the unclipped sums did round past 1: the case is exercised
 
 
@@ -423,7 +424,7 @@ def test_sft_step_lowers_the_loss(tiny_dir, tok):
     # Decay 0.5: the same params (the average does not steer training), ema halfway each step.
     step_ema = sft.make_train_step(m.graphdef, 1, opt, ema_decay=0.5)
     st0 = sft.init_state(jax.tree.map(jnp.copy, trainable), opt)
-    st_ema = sft.init_state(jax.tree.map(jnp.copy, trainable), opt, ema=True)
+    st_ema = sft.init_state(jax.tree.map(jnp.copy, trainable), opt, ema_decay=0.5)
     expected = leaves(st_ema.ema)
     for _ in range(3):
         st0, _ = step(st0, frozen, h, labels, weights, yes, no)
@@ -437,6 +438,10 @@ def test_sft_step_lowers_the_loss(tiny_dir, tok):
     assert st_ema.judge_params is st_ema.ema
     with pytest.raises(ValueError, match="ema_decay"):
         sft.make_train_step(m.graphdef, 1, opt, ema_decay=1.0)
+    with pytest.raises(ValueError, match="holds no average"):  # decay and state must agree
+        step_ema(st0, frozen, h, labels, weights, yes, no)
+    with pytest.raises(ValueError, match="holds an average"):
+        step(st_ema, frozen, h, labels, weights, yes, no)
 
 
 # ------------------------------------------------------------------------------ whole run

@@ -288,8 +288,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         float(cfg.distill.pair_weight),
     )
     # Committed to the device like the step's outputs, so the donated state keeps one compile.
-    ema = float(cfg.distill.ema_decay) > 0
-    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer, ema)
+    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer, float(cfg.distill.ema_decay))
     st = jax.device_put(st, jax.devices()[0])
     writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
     first = checkpoint.latest_step(_ckpt_dir(workdir)) or 0

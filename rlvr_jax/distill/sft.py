@@ -43,10 +43,11 @@ class SFTState:
 
 
 def init_state(
-    params: nnx.State, optimizer: optax.GradientTransformation, ema: bool = False
+    params: nnx.State, optimizer: optax.GradientTransformation, ema_decay: float = 0.0
 ) -> SFTState:
-    """A fresh state; ema=True keeps a moving average (starting at params)."""
-    avg = jax.tree.map(jnp.copy, params) if ema else None
+    """A fresh state; with ema_decay > 0 (make_train_step's), a moving average of the params is
+    kept too, starting at params."""
+    avg = jax.tree.map(jnp.copy, params) if float(ema_decay) > 0 else None
     return SFTState(jnp.zeros((), jnp.int32), params, optimizer.init(params), avg)
 
 
@@ -86,7 +87,7 @@ def make_train_step(
     """Jitted `(SFTState, frozen, h, labels, weights, yes_ids, no_ids) -> (SFTState, metrics)`.
 
     The SFTState is donated. A non-finite loss or gradient leaves the params and optimizer state
-    unchanged (metrics["nonfinite"] = 1). With ema_decay d > 0 (and a state made with ema=True),
+    unchanged (metrics["nonfinite"] = 1). With ema_decay d > 0 (and a state made with the same d),
     ema <- d * ema + (1 - d) * params after each step: an average over about 1 / (1 - d) steps,
     which evens out the last batches' pull on a judge trained on a few thousand rows.
     pair_weight: see `batch_loss`.
@@ -99,6 +100,9 @@ def make_train_step(
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(st: SFTState, frozen, h, labels, weights, yes_ids, no_ids):
+        if (st.ema is None) != (d == 0):  # at trace time: a state made for another decay
+            have = "no average" if st.ema is None else "an average"
+            raise ValueError(f"config distill.ema_decay: {d}, but the SFT state holds {have}")
         (loss, aux), grads = grad_fn(st.params, frozen, h, labels, weights, yes_ids, no_ids)
         gnorm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, st.opt_state, st.params)

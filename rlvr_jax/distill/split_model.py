@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax.models.transformer import positions_from_mask
-from rlvr_jax.reward import calibrated
+from rlvr_jax.reward import calibrated, verdict_probs
 
 
 @flax.struct.dataclass
@@ -183,13 +183,6 @@ def verdict_logprobs(
     return lp_yes, lp_no
 
 
-def verdict_probs(lp_yes: jax.Array, lp_no: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """P(YES), P(NO) from their log-probs, clipped to 1: a float32 sum of the spellings'
-    probabilities can round past 1 (by ~2e-7) for a sure verdict, and the evaluation's AUC and
-    calibration (sklearn) refuse probabilities outside [0, 1]."""
-    return jnp.minimum(jnp.exp(lp_yes), 1.0), jnp.minimum(jnp.exp(lp_no), 1.0)
-
-
 def verdict_loss(
     lp_yes: jax.Array, lp_no: jax.Array, labels: jax.Array, weights: jax.Array
 ) -> jax.Array:
@@ -262,8 +255,7 @@ def score(
     greedy first token, the quantities reward.judge_scores reads from a full forward (with the
     same calibration `yes_bias`)."""
     logits = calibrated(top_logits(graphdef, state, split, h), yes_ids, yes_bias)
-    lp_yes, lp_no = verdict_logprobs(logits, yes_ids, no_ids)
-    p_yes, p_no = verdict_probs(lp_yes, lp_no)
+    p_yes, p_no = verdict_probs(logits, yes_ids, no_ids)
     return {
         "p_yes": p_yes,
         "p_no": p_no,

@@ -217,12 +217,10 @@ def batch_shape(bucket: Bucket, batch_tokens: int) -> tuple[int, int]:
     n = min(max(8, batch_tokens // s // 8 * 8), -(-total // 8) * 8)
     per_unit = total / bucket.num_units
     need = n / per_unit  # prefix slots for n suffixes of average-sized units
-    lo, hi = max(1, int(0.75 * need)), max(1, int(np.ceil(1.5 * need)))
+    hi = min(max(1, int(np.ceil(1.5 * need))), bucket.num_units)
+    lo = min(max(1, int(0.75 * need)), hi)  # a bucket of few large units: lo could pass hi
     order = np.arange(bucket.num_units)
-    cost = {
-        u: len(pack(bucket, 0, order, u, n)) * (u * p + n * s)
-        for u in range(lo, min(hi, bucket.num_units) + 1)
-    }
+    cost = {u: len(pack(bucket, 0, order, u, n)) * (u * p + n * s) for u in range(lo, hi + 1)}
     return min(cost, key=lambda u: (cost[u], u)), n
 
 
