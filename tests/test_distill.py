@@ -193,6 +193,28 @@ def test_minimal_pair_rows_add_to_the_other_rows():
         assert r["label"] == ("YES" if r["kind"] == "equivalent" else "NO")
 
 
+def test_swapped_references_judge_the_other_way_round():
+    mk = lambda i, reph: data.Example(
+        f"q{i}", f"Q{i}?", ({"role": "user", "content": f"Q{i}?"},), f"ref{i}", "economics",
+        "economics", "micro", reph, ("wrong a", "wrong b"),
+    )  # fmt: skip
+    exs = [mk(0, ("alt0 x", "alt0 y")), mk(1, ())]  # Q1 has no rephrasing to swap in
+    plain = E.labelled_rows(exs, seed=0, minimal_pairs=2)
+    more = E.labelled_rows(exs, seed=0, minimal_pairs=2, swapped_references=1)
+    assert [r for r in more if not r["kind"].startswith("swap_")] == plain
+    added = [r for r in more if r["kind"].startswith("swap_")]
+    assert {r["question"] for r in added} == {"Q0?"}
+    (ref,) = {r["reference"] for r in added}
+    assert ref in ("alt0 x", "alt0 y")
+    yes = {reward.last_nonempty_line(r["response"]) for r in added if r["label"] == "YES"}
+    no = {reward.last_nonempty_line(r["response"]) for r in added if r["label"] == "NO"}
+    other = "alt0 y" if ref == "alt0 x" else "alt0 x"
+    assert len(yes) == 2 and any("ref0" in y for y in yes) and any(other in y for y in yes)
+    assert len(no) == 2 and all("wrong" in n for n in no)
+    assert all(r["kind"] == ("swap_yes" if r["label"] == "YES" else "swap_no") for r in added)
+    assert len({r["id"] for r in more}) == len(more)
+
+
 def test_no_heldout_question_leaks(tmp_path):
     train = [_row(i) for i in range(5)] + [_row(0, split="test")]  # one test question copied in
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))

@@ -19,6 +19,7 @@ training: probes.answer_rows (reference/rephrasings YES, distractors NO) plus ev
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 
@@ -112,6 +113,7 @@ def labelled_rows(
     surface_rate: float = 0.0,
     distractor_forms: int = 1,
     minimal_pairs: int = 0,
+    swapped_references: int = 0,
 ) -> list[dict]:
     """Rows labelled by the data: per question, the reference and rephrasings (YES, each in
     `yes_forms` forms), the distractors (NO, each in `distractor_forms` forms: the hard
@@ -120,9 +122,14 @@ def labelled_rows(
     of its `surface_forms` with probability `surface_rate`. With `minimal_pairs` = k > 0, also up
     to k rewrites of the reference that keep its value (YES, kind "equivalent") and up to k
     minimal changes of it (NO, kind "near_miss"), from distill/minimal_pairs.py; they draw from
-    their own random stream, so the other rows stay the same. Same seed, same rows."""
+    their own random stream, so the other rows stay the same. With `swapped_references` = k > 0,
+    up to k of each question's rephrasings also serve as the reference of a prompt of their own,
+    whose candidates are the original reference and the other rephrasings (YES, kind "swap_yes")
+    and the distractors (NO, "swap_no"): equivalence both ways, and more pairs of paraphrases
+    (their own random stream too). Same seed, same rows."""
     rng = np.random.default_rng([seed, 1])
     rng_mp = np.random.default_rng([seed, 6])
+    rng_sw = np.random.default_rng([seed, 7])
     form = lambda a: _form(_rewrite(a, surface_rate, rng), rng)
     by_subject: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
@@ -153,6 +160,19 @@ def labelled_rows(
             take = min(minimal_pairs, len(found))
             for k, j in enumerate(rng_mp.choice(len(found), size=take, replace=False).tolist()):
                 rows.append(_row(ex, _form(found[j], rng_mp), label, kind, k, "data"))
+        take = min(swapped_references, len(ex.rephrasings))
+        for s, j in enumerate(
+            rng_sw.choice(len(ex.rephrasings), size=take, replace=False).tolist()
+        ):
+            alt = dataclasses.replace(ex, reference=ex.rephrasings[j])
+            same = [ex.reference] + [a for i, a in enumerate(ex.rephrasings) if i != j]
+            for label, kind, answers in (
+                ("YES", "swap_yes", same),
+                ("NO", "swap_no", ex.distractors),
+            ):
+                for k, a in enumerate(answers):
+                    response = _form(_rewrite(a, surface_rate, rng_sw), rng_sw)
+                    rows.append(_row(alt, response, label, kind, 100 * s + k, "data"))
     return rows
 
 

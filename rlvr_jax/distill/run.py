@@ -91,6 +91,7 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
                 float(d.surface_rate),
                 int(d.distractor_forms),
                 int(d.minimal_pairs),
+                int(d.swapped_references),
             )
         elif t == "math":
             src = f"math:{int(d.math_questions)}:{seed}"
