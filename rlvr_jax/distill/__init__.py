@@ -61,7 +61,7 @@ def ensure_default_judge(quiet: bool = False) -> Path:
     work = target.with_name(target.name + ".work")
     if not quiet:
         print(
-            f"rlvr_jax: the default judge is not distilled yet: running {CONFIG} once (about 23 "
+            f"rlvr_jax: the default judge is not distilled yet: running {CONFIG} once (about 16 "
             f"minutes on 2 CPU cores; resumable) in {work}; it is cached in {target} afterwards",
             file=sys.stderr,
         )
