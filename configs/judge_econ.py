@@ -42,8 +42,8 @@ def get_config(arg: str | None = None):
     c.distill.surface_rate = 0.5
     # Per question: up to this many rewrites of the reference that keep its value ("3/4" ->
     # "0.75"; YES) and minimal changes of it ("0.25" -> "-0.25", "increasing" -> "decreasing";
-    # NO): distill/minimal_pairs.py. 6 since judge v6 (about every near miss a reference has;
-    # a reference has at most 2 rewrites): validation accuracy 0.912 against 0.907 with 2.
+    # NO): distill/minimal_pairs.py. 6 since judge v6: every near miss of each shipped reference
+    # (they have at most 6, and at most 2 rewrites); validation accuracy 0.912 against 0.907 with 2.
     c.distill.minimal_pairs = 6
     # Per question: up to this many rephrasings also used as the reference of their own prompt,
     # judging the original reference and other rephrasings (YES) and the distractors (NO).
