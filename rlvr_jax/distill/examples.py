@@ -130,7 +130,7 @@ def labelled_rows(
     rng = np.random.default_rng([seed, 1])
     rng_mp = np.random.default_rng([seed, 6])
     rng_sw = np.random.default_rng([seed, 7])
-    form = lambda a: _form(_rewrite(a, surface_rate, rng), rng)
+    form = lambda a, r=rng: _form(_rewrite(a, surface_rate, r), r)  # r: the row kind's stream
     by_subject: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
         by_subject.setdefault(ex.subject, []).append(i)
@@ -171,8 +171,7 @@ def labelled_rows(
                 ("NO", "swap_no", ex.distractors),
             ):
                 for k, a in enumerate(answers):
-                    response = _form(_rewrite(a, surface_rate, rng_sw), rng_sw)
-                    rows.append(_row(alt, response, label, kind, 100 * s + k, "data"))
+                    rows.append(_row(alt, form(a, rng_sw), label, kind, 100 * s + k, "data"))
     return rows
 
 
