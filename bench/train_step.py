@@ -8,8 +8,9 @@ the PPO clipped surrogate on per-token log-probs of tokens 1..255 given their pr
 LlamaForCausalLM, log-probs as gathered logit minus logsumexp, clip_grad_norm_(1.0), AdamW
 betas (0.9, 0.95)). Both sides share the process's allocator: `host_memory.keep_freed_memory()`,
 as the train and distill commands set it (`--system-malloc` leaves glibc's default). After each
-side's first step, `--warmup` untimed rounds of both let the shared heap settle; then runs
-alternate JAX / torch so that both see the same background load. For
+side's first step, untimed rounds of both let the shared heap settle (at least `--warmup`, then
+until a round takes no fresh pages from the system); then runs alternate JAX / torch so that both
+see the same background load. For
 each timed run the CPU time used by *other* processes is read from /proc/stat and reported as a
 share of the machine (the box is shared); medians use uncontended runs when there are enough.
 Last line: `speedup_vs_torch: X.XX` (median torch seconds / median JAX seconds).
@@ -37,8 +38,10 @@ def parse_args() -> argparse.Namespace:
         "--warmup",
         type=int,
         default=2,
-        help="untimed rounds of both sides after the first step (the heap and caches settle)",
+        help="untimed rounds of both sides after the first step, at least (the heap and caches "
+        "settle: rounds go on until one takes no fresh pages, up to --max-warmup)",
     )
+    p.add_argument("--max-warmup", type=int, default=8, help="untimed rounds, at most")
     p.add_argument("--random", action="store_true", help="random weights of the same size")
     p.add_argument("--xla-flags", default=DEFAULT_XLA_FLAGS, help="extra XLA_FLAGS")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
@@ -179,7 +182,6 @@ def torch_side(cfg, state, tokens, adv, logp_old, threads: int):
     old = torch.from_numpy(logp_old)
 
     def run():
-        opt.zero_grad(set_to_none=True)
         logits = model(input_ids=ids).logits[:, :-1].float()
         tgt = ids[:, 1:, None]
         logp = torch.gather(logits, -1, tgt)[..., 0] - torch.logsumexp(logits, -1)
@@ -188,6 +190,10 @@ def torch_side(cfg, state, tokens, adv, logp_old, threads: int):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        # Free the gradients now rather than at the next step's start, as the JAX side frees its
+        # buffers when its step returns: between runs neither side holds step memory that could
+        # split the shared heap under the other's next allocation.
+        opt.zero_grad(set_to_none=True)
         return loss.item(), (logp.detach() - old).abs().max().item()
 
     return run
@@ -248,10 +254,20 @@ def main() -> int:
             f"max |logp torch - logp jax| {logp_diff:.2e}"
         )
 
-    for _ in range(args.warmup):
-        for fn in (jax_run, torch_run):
-            if fn is not None:
-                fn()
+    # Untimed rounds until the shared heap has settled: at least --warmup, then until a round in
+    # which neither side took fresh pages from the system (a step whose buffers no longer fit in
+    # the freed memory the other side left grows the heap, and pays 1-3 s of kernel time for it;
+    # a training run pays that only in its first steps).
+    faults = []
+    for r in range(args.max_warmup):
+        with CpuMeter() as m:
+            for fn in (jax_run, torch_run):
+                if fn is not None:
+                    fn()
+        faults.append(m.faults)
+        if r + 1 >= args.warmup and m.faults == 0:
+            break
+    print(f"warmup: {len(faults)} rounds, page faults per round {faults}")
     res: dict[str, list[tuple[float, float]]] = {"jax": [], "torch": []}
     # CPU seconds this process used per run: less sensitive to other processes than wall time.
     cpu: dict[str, list[float]] = {"jax": [], "torch": []}
@@ -266,7 +282,8 @@ def main() -> int:
             flag = " CONTENDED" if m.other_share > CONTENDED else ""
             print(
                 f"run {i} {name:5s} {m.wall:7.2f} s  {flops / m.wall / 1e9:6.1f} GFLOP/s  "
-                f"own CPU {m.own:6.1f} s  other processes {100 * m.other_share:3.0f}% of CPU"
+                f"own CPU {m.own:6.1f} s  page faults {m.faults:7d}  "
+                f"other processes {100 * m.other_share:3.0f}% of CPU"
                 f"{flag}",
                 flush=True,
             )

@@ -11,6 +11,11 @@ from __future__ import annotations
 import os
 import time
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 
 def busy_seconds() -> float:
     """CPU seconds the whole machine has been busy since boot (NaN without /proc/stat)."""
@@ -23,16 +28,24 @@ def busy_seconds() -> float:
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
 
 
+def page_faults() -> int:
+    """Minor page faults of this process so far (-1 where getrusage is missing). Each is a page
+    the kernel mapped and zeroed on first touch: memory the allocator took fresh from the system."""
+    return -1 if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class CpuMeter:
     """Starts when made (and again when entered). `read()` -> {wall_s, own_cpu_s,
-    others_cpu_share} so far; `with CpuMeter() as m:` sets m.wall, m.own and m.other_share (CPU of
-    other processes as a share of the machine) on exit."""
+    others_cpu_share, page_faults} so far; `with CpuMeter() as m:` sets m.wall, m.own,
+    m.other_share (CPU of other processes as a share of the machine) and m.faults (this process's
+    minor page faults) on exit."""
 
     def __init__(self) -> None:
         self.start()
 
     def start(self) -> CpuMeter:
         self.t0, self.busy0, self.own0 = time.perf_counter(), busy_seconds(), time.process_time()
+        self.faults0 = page_faults()
         return self
 
     def read(self) -> dict[str, float]:
@@ -43,6 +56,7 @@ class CpuMeter:
             "wall_s": wall,
             "own_cpu_s": own,
             "others_cpu_share": other / (wall * (os.cpu_count() or 1)),
+            "page_faults": page_faults() - self.faults0,
         }
 
     def __enter__(self) -> CpuMeter:
@@ -51,3 +65,4 @@ class CpuMeter:
     def __exit__(self, *exc) -> None:
         r = self.read()
         self.wall, self.own, self.other_share = r["wall_s"], r["own_cpu_s"], r["others_cpu_share"]
+        self.faults = r["page_faults"]

@@ -1,5 +1,6 @@
 """The CPU meter used by distillation results and the benchmarks."""
 
+import mmap
 import time
 
 from rlvr_jax.cpu_meter import CpuMeter, busy_seconds
@@ -17,3 +18,14 @@ def test_meter_counts_own_cpu_and_wall():
     assert busy_seconds() > 0
     r = m.read()  # the meter keeps running after the block
     assert r["wall_s"] >= m.wall and r["own_cpu_s"] >= m.own
+
+
+def test_meter_counts_page_faults_of_fresh_memory():
+    with CpuMeter() as idle:
+        time.sleep(0.01)
+    with CpuMeter() as m:
+        with mmap.mmap(-1, 64 << 20) as a:  # 64 MiB of fresh anonymous memory, touched
+            a.write(b"\1" * (64 << 20))
+    assert m.faults >= (64 << 20) // (2 << 20)  # one per page, at most 2 MiB pages
+    assert m.faults > idle.faults
+    assert m.read()["page_faults"] >= m.faults
