@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
+from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
 from rlvr_jax.rollout import generate
 
@@ -357,10 +358,13 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
     compiles = CompileMeter()  # a slow step that compiled says so
     try:
         for step in bar:
-            t0 = time.perf_counter()
+            t0, faults0 = time.perf_counter(), page_faults()
             compiles.take()
             state, met = rl_step(run, state, step)
             met["time/step_s"] = time.perf_counter() - t0
+            # Pages the step took fresh from the system (a step whose buffers no longer fit in
+            # the freed heap grows it, at ~10 us of kernel time per 4 KiB page).
+            met["time/page_faults"] = page_faults() - faults0
             met.update(compiles.take())
             done = step + 1
             if int(cfg.train.eval_every) and done % int(cfg.train.eval_every) == 0:
