@@ -24,6 +24,7 @@ CASES = {
     "shared_weight": ((3, 24, 16), (16, 12), False),
     "nt": ((24, 16), (12, 16), True),
     "nt_batched": ((2, 3, 24, 16), (2, 3, 12, 16), True),
+    "nt_shared_weight": ((3, 24, 16), (12, 16), True),
 }
 
 

@@ -64,12 +64,14 @@ def _matmul_fwd(x, w):
     return x @ w, (x, w)
 
 
+def _sum_leading(dw: jax.Array, ndim: int) -> jax.Array:
+    """dw summed over the leading axes beyond ndim: a weight shared by every leading index of x."""
+    return dw.sum(tuple(range(dw.ndim - ndim))) if dw.ndim > ndim else dw
+
+
 def _matmul_bwd(res, g):
     x, w = res
-    dw = _own_buffer(_t(x)) @ g
-    if dw.ndim > w.ndim:  # a weight shared by every leading index of x
-        dw = dw.sum(tuple(range(dw.ndim - w.ndim)))
-    return g @ _t(w), dw
+    return g @ _t(w), _sum_leading(_own_buffer(_t(x)) @ g, w.ndim)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -77,7 +79,8 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 @jax.custom_vjp
 def _matmul_nt(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [..., M, A] @ w [..., B, A]^T (attention scores; the tied vocabulary projection)."""
+    """x [..., M, A] @ w [..., B, A]^T (attention scores; the tied vocabulary projection), with
+    leading axes as `_matmul`'s."""
     return x @ _t(w)
 
 
@@ -89,7 +92,7 @@ def _matmul_nt_bwd(res, g):
     x, w = res
     # dw = g^T x, computed as (x^T g)^T: transposing x [M, A] is cheap, transposing g [M, B]
     # (the [tokens, vocab] logit gradient for the head) is not.
-    return g @ w, _t(_own_buffer(_own_buffer(_t(x)) @ g))
+    return g @ w, _t(_own_buffer(_sum_leading(_own_buffer(_t(x)) @ g, w.ndim)))
 
 
 _matmul_nt.defvjp(_matmul_nt_fwd, _matmul_nt_bwd)
