@@ -2,8 +2,10 @@
 
 `python -m rlvr_jax.distill --config configs/judge_econ.py [--workdir DIR]`. The student is
 `judge.model`; the teachers are the labelled rows of every shipped domain's TRAIN split
-(reference and rephrasings YES; distractors and other questions' answers NO), plus master-key
-negatives; it is evaluated on the economics TEST questions, which never enter training.
+(reference and rephrasings YES; distractors and other questions' answers NO), the policy's own
+answers labelled by the paper's rule (data/onpolicy, "train" split), plus master-key negatives; it
+is evaluated on the economics TEST questions, which never enter training, and on the held-out
+on-policy answers (the figures that say how well it scores what RL feeds it).
 Variants: `:smoke` (a minute or two on a CPU, for checking the pipeline) and `:teacher` (the
 paper's recipe: a judge model labels a policy's on-policy rollouts; for accelerators).
 """
@@ -28,7 +30,16 @@ def get_config(arg: str | None = None):
     c.distill = ml_collections.ConfigDict()
     # Teachers: "data" (labelled rows), "math" (math-verify on generated math questions),
     # "judge" (a judge model on a policy's rollouts; see the teacher_* fields).
-    c.distill.teachers = ("data",)
+    # "onpolicy": the policy's own labelled answers (data/onpolicy, split "train"): the rambling,
+    # cut-off, prose-answered responses RL feeds the judge, which clean candidates do not show it.
+    c.distill.teachers = ("data", "onpolicy")
+    c.distill.onpolicy_file = "data/onpolicy/answers.jsonl"
+    c.distill.onpolicy_repeat = 2  # each on-policy answer this many times (about 800 answers)
+    # Per question: this many YES answers and as many distractors stated in prose ("This is known
+    # as X."), the form in which a small policy commits when it writes no answer line.
+    c.distill.prose_pairs = 1
+    # Per question: this many responses stating the reference and a distractor (NO).
+    c.distill.conflicting = 1
     c.distill.questions_per_source = 0  # 0: every training question of each source
     # Per question: other questions' references labelled NO (easy negatives). 0 since judge v5:
     # the minimal pairs below take their place at about the same row count.

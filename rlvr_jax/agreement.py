@@ -125,8 +125,10 @@ def judge_quality(
 ) -> dict:
     """A judge's quality on labelled rows: labels, binary verdicts [n] (1 = YES), soft scores [n].
 
-    Returns n, accuracy, tpr (YES rate on correct rows), fpr (YES rate on wrong rows), and with
-    `soft`: auc (NaN with one class only) and calibration (see `calibration_table`).
+    Returns n, accuracy, tpr (YES rate on correct rows: the recall of YES), fpr (YES rate on
+    wrong rows), precision (share of YES verdicts that are right; NaN without any), kappa (Cohen's,
+    verdicts vs labels), and with `soft`: auc (NaN with one class only) and calibration (see
+    `calibration_table`).
     """
     y, b = np.asarray(labels, int), np.asarray(binary, int)
     out: dict[str, Any] = {
@@ -135,6 +137,8 @@ def judge_quality(
         "accuracy": float(np.mean(b == y)) if len(y) else math.nan,
         "tpr": float(b[y == 1].mean()) if (y == 1).any() else math.nan,
         "fpr": float(b[y == 0].mean()) if (y == 0).any() else math.nan,
+        "precision": float(y[b == 1].mean()) if (b == 1).any() else math.nan,
+        "kappa": cohen_kappa(y, b) if len(y) else math.nan,
     }
     if soft is not None:
         s = np.asarray(soft, float)
@@ -206,14 +210,16 @@ def align(judgments: Mapping[str, Sequence[tuple[str, Mapping]]]) -> Aligned:
             where, row = keyed[n][k]
             if row.get("subject"):
                 subj = subj or str(row["subject"])
-            if row.get("label") is not None:
-                v = to_binary(row["label"])
+            # "correct" (0/1): the teacher's label of an on-policy answer file (onpolicy.py).
+            field = "label" if row.get("label") is not None else "correct"
+            if row.get(field) is not None:
+                v = to_binary(row[field])
                 if v is None:
                     raise AgreementError(
-                        f"{where}: label: expected YES/NO or 1/0, got {row['label']!r}"
+                        f"{where}: {field}: expected YES/NO or 1/0, got {row[field]!r}"
                     )
                 if lab not in (-1, v):
-                    raise AgreementError(f"{where}: label: differs from another file's label")
+                    raise AgreementError(f"{where}: {field}: differs from another file's label")
                 lab, any_label = v, True
         subjects.append(subj)
         labels.append(lab)

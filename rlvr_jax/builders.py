@@ -14,6 +14,7 @@ import numpy as np
 
 from rlvr_jax import data, reward, synthetic
 from rlvr_jax import mesh as mesh_lib
+from rlvr_jax.answers import answer_view
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import LoadedModel, load_model
 from rlvr_jax.models.transformer import abstract_model
@@ -210,21 +211,31 @@ class RewardRunner:
         return cls(str(cfg.judge.reward), judge, ("rule_binary", "rule_jaccard"))
 
     def score(
-        self, rows: Sequence[data.Example], responses: Sequence[str]
+        self,
+        rows: Sequence[data.Example],
+        responses: Sequence[str],
+        cut: Sequence[bool] | None = None,
     ) -> dict[str, np.ndarray]:
         """N examples (question, reference) and N responses -> {score name: [N] floats}.
 
-        Also "judge_truncated" [N]-summed count of judge prompts cut to fit the budget.
+        cut [N]: which responses the token limit stopped (None: unknown; answers.py). Also
+        "no_answer" [N] (1 where the response commits to no answer: every judge reward is 0) and
+        "judge_truncated", the [N]-summed count of judge prompts cut to fit the budget.
         """
         refs = [ex.reference for ex in rows]
+        cuts = [None] * len(responses) if cut is None else [bool(c) for c in cut]
         out = {
             name: np.array(
                 [RULE_REWARDS[name](r, a) for r, a in zip(responses, refs, strict=True)], np.float32
             )
             for name in self.rules
         }
+        out["no_answer"] = np.array(
+            [not answer_view(r, c).committed for r, c in zip(responses, cuts, strict=True)],
+            np.float32,
+        )
         if self.judge is not None:
-            res = self.judge.score([ex.question for ex in rows], responses, refs)
+            res = self.judge.score([ex.question for ex in rows], responses, refs, cut=cuts)
             for name in JUDGE_REWARDS:
                 out[name] = np.asarray(getattr(res, name), np.float32)
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)

@@ -149,20 +149,24 @@ def _score_rows(
     responses: Sequence[str],
     chunk: int,
     bar: tqdm,
+    cut: Sequence[bool] | None = None,
 ) -> dict[str, np.ndarray]:
     """RewardRunner.score over rows in chunks of `chunk` (progress per chunk), in input order.
 
-    Rows are scored in order of the length of what the judge reads (question, last line,
+    Rows are scored in order of the length of what the judge reads (question, response,
     reference), so that each chunk pads to a small prompt bucket; scores are per row, so the
     order does not change them.
     """
-    size = [len(q.question) + len(reward.last_nonempty_line(r)) + len(q.reference)
-            for q, r in zip(qa, responses, strict=True)]  # fmt: skip
+    cuts = [None] * len(responses) if cut is None else list(cut)
+    size = [len(q.question) + len(reward.response_view(r, "committed", c)) + len(q.reference)
+            for q, r, c in zip(qa, responses, cuts, strict=True)]  # fmt: skip
     order = np.argsort(size, kind="stable")
     parts: list[dict[str, np.ndarray]] = []
     for s in range(0, len(qa), chunk):
         idx = order[s : s + chunk]
-        parts.append(rewards.score([qa[i] for i in idx], [responses[i] for i in idx]))
+        parts.append(
+            rewards.score([qa[i] for i in idx], [responses[i] for i in idx], [cuts[i] for i in idx])
+        )
         bar.update(len(idx))
     inv = np.argsort(order)
     keys = [k for k in parts[0] if k != "judge_truncated"]
@@ -175,7 +179,7 @@ def _judged(
     scores: dict[str, np.ndarray], responses: Sequence[str], votes: int, key: jax.Array
 ) -> dict[str, np.ndarray]:
     """Per-row judge columns: votes [N, M], binary (majority) [N], greedy binary [N]."""
-    empty = np.array([not reward.last_nonempty_line(r) for r in responses], bool)
+    empty = scores["no_answer"].astype(bool)
     v, maj = judge_votes(scores["judge_p_yes"], empty, scores["binary"], votes, key)
     return {"votes": v, "binary": maj, "greedy_binary": scores["binary"].astype(int)}
 
@@ -300,7 +304,7 @@ def evaluate(
     qa = [_QA(ex.question, ex.reference) for ex in examples]
     chunk = int(cfg.judge.batch_size)
     with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
-        scores = _score_rows(rewards, qa, responses, chunk, bar)
+        scores = _score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
     vote_key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003)
     judged = _judged(scores, responses, votes, vote_key) if has_judge else {}
     t_judge = time.perf_counter()

@@ -1,6 +1,7 @@
 """Rewards: the generative judge (soft and binary, from one jitted prefill) and rule-based rewards.
 
-The judge reads only the response's last non-empty line, inside the paper's verifier prompt
+The judge reads what the response commits to (`answers.answer_view`: its answer statements, else
+its first and last complete sentences; `JudgeConfig.view`), inside the paper's verifier prompt
 (verbatim, `PAPER_PROMPT`) as the user message of the judge's chat template with the system message
 "You are a helpful assistant.". One jitted prefill over the batch of judge prompts gives the
 next-token distribution at the end of each prompt; only that last position is projected to the
@@ -22,7 +23,9 @@ usually is); only if the question is gone entirely is the response line cut, fro
 the final answer, is kept); the reference is never cut, except as a last resort when it alone cannot
 fit, where the prompt's last `max_prompt_len` tokens are kept. Every cut is counted.
 
-An empty response (no non-empty line) gets every reward 0 without failing the batch.
+A response that commits to nothing (an empty one, or one cut off before its first sentence ends)
+gets every reward 0 and the verdict NO without being shown to the judge, and without failing the
+batch.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rlvr_jax.answers import answer_view
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 from rlvr_jax.rules import last_nonempty_line
@@ -101,12 +105,15 @@ class JudgeConfig:
     """How judge prompts are built and batched.
 
     template: "paper", "short", or a format string with {question}, {response}, {reference}.
+    view: what of a response fills {response}: "committed" (`answers.answer_view`) or "last_line"
+    (its last non-empty line, what judges distilled before the committed view were trained on).
     system: the system message (None: no system message); chat_template: False = raw prompt text.
     max_prompt_len: token budget of one judge prompt (see the module docstring for the cut rule).
     buckets: padded prompt lengths (one compile per bucket); batch_size: rows per jitted call.
     """
 
     template: str = "paper"
+    view: str = "committed"
     system: str | None = SYSTEM_MESSAGE
     chat_template: bool = True
     max_prompt_len: int = 1024
@@ -134,6 +141,8 @@ class JudgeConfig:
     yes_bias: float = 0.0  # calibration: added to the YES spellings' logits (module docstring)
 
     def __post_init__(self):
+        if self.view not in VIEWS:
+            raise ValueError(f"judge view {self.view!r}: use one of {', '.join(VIEWS)}")
         if self.max_prompt_len > max(self.buckets):
             top = max(self.buckets)
             raise ValueError(
@@ -149,6 +158,7 @@ class JudgeConfig:
         weights."""
         return {
             "template": self.template,
+            "view": self.view,
             "system": self.system,
             "chat_template": self.chat_template,
             "max_prompt_len": self.max_prompt_len,
@@ -159,6 +169,7 @@ class JudgeConfig:
 # A judge's prompt settings, stored in its model directory (and HF export) by the distillation,
 # so that every scorer writes the prompts the judge was trained on.
 JUDGE_FILE = "judge.json"
+VIEWS = ("committed", "last_line")
 
 
 def prompt_settings_of(model_dir: str | Path) -> dict | None:
@@ -166,7 +177,9 @@ def prompt_settings_of(model_dir: str | Path) -> dict | None:
     path = Path(model_dir) / JUDGE_FILE
     if not path.is_file():
         return None
-    optional = {"yes_bias": 0.0}  # absent from files written before judges were calibrated
+    # Absent from the files of judges distilled before calibration / the committed view: they
+    # were trained without an offset, on last lines.
+    optional = {"yes_bias": 0.0, "view": "last_line"}
     try:
         d = {**optional, **json.loads(path.read_text())}
         out = {k: d[k] for k in JudgeConfig().prompt_settings()}
@@ -179,10 +192,11 @@ def prompt_settings_of(model_dir: str | Path) -> dict | None:
 def judge_config_for(model_dir: str | Path | None, template: str = "auto", **kw) -> JudgeConfig:
     """JudgeConfig for the judge in model_dir. template "auto": the judge's stored prompt settings
     (`JUDGE_FILE`), else the paper's prompt; any other template is used as given, with the
-    default system message. kw: the other JudgeConfig fields (batch_size, max_prompt_len, ...);
-    a stored max_prompt_len wins over the default but not over an explicit one.
+    default system message. kw: the other JudgeConfig fields (batch_size, max_prompt_len, view,
+    ...); a stored max_prompt_len or view wins over the default but not over an explicit one;
+    view "auto" (or None) means the stored one.
     """
-    kw = {k: v for k, v in kw.items() if v is not None}
+    kw = {k: v for k, v in kw.items() if v is not None and not (k == "view" and v == "auto")}
     stored = prompt_settings_of(model_dir) if model_dir is not None else None
     if template != "auto" or stored is None:
         settings = {**kw, "template": "paper" if template == "auto" else template}
@@ -203,7 +217,7 @@ class JudgePrompt:
     """One tokenized judge prompt and what was cut to fit the budget."""
 
     ids: list[int]
-    empty: bool = False  # the response had no non-empty line: rewards are forced to 0
+    empty: bool = False  # the response commits to nothing: rewards are forced to 0, verdict NO
     cut_question: bool = False
     cut_response: bool = False
     cut_hard: bool = False  # the reference alone did not fit: the prompt's tail was kept
@@ -214,11 +228,24 @@ def _middle_cut(tok: Tokenizer, ids: list[int], keep: int) -> str:
     return f"{tok.decode(ids[:head])} {CUT_MARK} {tok.decode(ids[len(ids) - keep // 2 :])}"
 
 
+def response_view(response: str, view: str, cut: bool | None = None) -> str:
+    """What the judge is shown of `response` under `view` ("" = nothing committed)."""
+    if view == "last_line":
+        return last_nonempty_line(response)
+    return answer_view(response, cut).text
+
+
 def build_judge_prompt(
-    tok: Tokenizer, question: str, response: str, reference: str, cfg: JudgeConfig
+    tok: Tokenizer,
+    question: str,
+    response: str,
+    reference: str,
+    cfg: JudgeConfig,
+    cut: bool | None = None,
 ) -> JudgePrompt:
-    """Token ids of the judge prompt for one row, cut to `cfg.max_prompt_len` by the budget rule."""
-    line = last_nonempty_line(response)
+    """Token ids of the judge prompt for one row, cut to `cfg.max_prompt_len` by the budget rule.
+    cut: the response was stopped by the token limit (None: unknown; see answers.py)."""
+    line = response_view(response, cfg.view, cut)
 
     def render(q: str, r: str) -> list[int]:
         user = cfg.prompt_format.format(question=q, response=r, reference=reference)
@@ -410,11 +437,16 @@ class Judge:
         self.yes_ids, self.no_ids = jnp.asarray(yes, jnp.int32), jnp.asarray(no, jnp.int32)
 
     def prompts(
-        self, questions: Sequence[str], responses: Sequence[str], references: Sequence[str]
+        self,
+        questions: Sequence[str],
+        responses: Sequence[str],
+        references: Sequence[str],
+        cut: Sequence[bool] | None = None,
     ) -> list[JudgePrompt]:
+        cut = [None] * len(responses) if cut is None else list(cut)
         return [
-            build_judge_prompt(self.tok, q, r, a, self.cfg)
-            for q, r, a in zip(questions, responses, references, strict=True)
+            build_judge_prompt(self.tok, q, r, a, self.cfg, c)
+            for q, r, a, c in zip(questions, responses, references, cut, strict=True)
         ]
 
     @functools.cached_property
@@ -454,9 +486,11 @@ class Judge:
         for idx, out in parts:
             for k in cols:
                 cols[k][idx] = getattr(out, k)
+        empty = np.array([p.empty for p in prompts], bool)
+        cols["verdict"][empty] = 0  # nothing committed is a NO, whatever the padded row gave
         return Rewards(
             **cols,
-            empty=np.array([p.empty for p in prompts], bool),
+            empty=empty,
             cut_question=sum(p.cut_question for p in prompts),
             cut_response=sum(p.cut_response for p in prompts),
             cut_hard=sum(p.cut_hard for p in prompts),
@@ -488,6 +522,8 @@ class Judge:
         responses: Sequence[str],
         references: Sequence[str],
         progress=None,
+        cut: Sequence[bool] | None = None,
     ) -> Rewards:
-        """Judge rewards for N (question, response, reference) rows."""
-        return self.score_prompts(self.prompts(questions, responses, references), progress)
+        """Judge rewards for N (question, response, reference) rows; cut [N]: which responses
+        the token limit stopped (None: unknown)."""
+        return self.score_prompts(self.prompts(questions, responses, references, cut), progress)

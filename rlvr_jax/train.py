@@ -213,7 +213,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(rows))]
     t0 = time.perf_counter()
-    scores = run.rewards.score(rows, responses)
+    scores = run.rewards.score(rows, responses, ~np.asarray(ro.stopped))
     t_judge = time.perf_counter() - t0
     rewards = jnp.asarray(scores[run.rewards.key], jnp.float32)
 
@@ -305,7 +305,7 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
     )
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
-    scores = run.rewards.score(run.test_examples, responses)
+    scores = run.rewards.score(run.test_examples, responses, ~np.asarray(ro.stopped))
     return {f"eval/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
 
 

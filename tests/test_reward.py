@@ -66,7 +66,7 @@ def test_last_nonempty_line():
 
 
 def test_prompt_holds_last_line_inside_chat_template(tiny_tokenizer):
-    p = W.build_judge_prompt(tiny_tokenizer, *ROWS[0], W.JudgeConfig())
+    p = W.build_judge_prompt(tiny_tokenizer, *ROWS[0], W.JudgeConfig(view="last_line"))
     text = tiny_tokenizer.decode(p.ids, skip_special_tokens=False)
     user = W.PAPER_PROMPT.format(question=ROWS[0][0], response="The answer is 4.", reference="4")
     assert text == (
@@ -75,7 +75,9 @@ def test_prompt_holds_last_line_inside_chat_template(tiny_tokenizer):
     )
     assert "Let me think" not in text
     short = W.build_judge_prompt(
-        tiny_tokenizer, *ROWS[0], W.JudgeConfig(template="short", system=None, chat_template=False)
+        tiny_tokenizer,
+        *ROWS[0],
+        W.JudgeConfig(template="short", system=None, chat_template=False, view="last_line"),
     )
     assert tiny_tokenizer.decode(short.ids) == W.SHORT_PROMPT.format(
         question=ROWS[0][0], response="The answer is 4.", reference="4"
@@ -173,7 +175,7 @@ def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer)
     reference = "forty-two"
 
     def build(budget: int) -> tuple[W.JudgePrompt, str]:
-        cfg = W.JudgeConfig(max_prompt_len=budget)
+        cfg = W.JudgeConfig(max_prompt_len=budget, view="last_line")
         p = W.build_judge_prompt(tok, question, response, reference, cfg)
         return p, tok.decode(p.ids, skip_special_tokens=False)
 
@@ -261,3 +263,36 @@ def test_shared_prefix_path_equals_full_forward(tiny):
     np.testing.assert_allclose(got.p_yes, np.asarray(full.p_yes), atol=1e-6)
     np.testing.assert_allclose(got.p_no, np.asarray(full.p_no), atol=1e-6)
     np.testing.assert_array_equal(got.greedy, np.asarray(full.greedy))
+
+
+def test_judge_prompt_reads_the_committed_answer(tiny_tokenizer):
+    cfg = W.JudgeConfig(template="short", system=None, chat_template=False)
+    resp = "Let me think about supply.\nTherefore, the answer is $25.\nIt was a long road to get"
+    p = W.build_judge_prompt(tiny_tokenizer, "Q?", resp, "$25", cfg, cut=True)
+    assert tiny_tokenizer.decode(p.ids).endswith("Student's final answer: $25") and not p.empty
+    old = dataclasses.replace(cfg, view="last_line")
+    p = W.build_judge_prompt(tiny_tokenizer, "Q?", resp, "$25", old, cut=True)
+    assert tiny_tokenizer.decode(p.ids).endswith(
+        "Student's final answer: It was a long road to get"
+    )
+
+
+def test_no_committed_answer_scores_zero_and_no(tiny):
+    """A cut-off ramble that commits to nothing gets every judge reward 0 and the verdict NO,
+    whatever the model would say; the reward runner reports it as no_answer."""
+    from rlvr_jax.builders import RewardRunner
+    from rlvr_jax.data import Example
+
+    _, judge = tiny
+    ex = Example(id="q1", question="What is the price?", messages=(), reference="$25",
+                 subject="economics", field="")  # fmt: skip
+    responses = ["To find the price we first need to look at the", "Therefore, the answer is $25."]
+    res = judge.score([ex.question] * 2, responses, [ex.reference] * 2, cut=[True, False])
+    assert res.empty.tolist() == [True, False] and res.verdict[0] == 0
+    assert res.soft[0] == 0.0 and res.binary[0] == 0.0 and res.p_yes[1] > 0
+    out = RewardRunner("soft", judge, ("rule_binary",)).score(
+        [ex, ex], responses, cut=[True, False]
+    )
+    assert out["no_answer"].tolist() == [1.0, 0.0] and out["soft"][0] == 0.0
+    # Unknown cut: a finished short fragment is an answer, shown to the judge.
+    assert not judge.score(["Q"], ["To find the price"], ["$25"]).empty[0]

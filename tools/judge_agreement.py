@@ -5,7 +5,8 @@
 Each file holds one judge's judgments on the same rows (tools/score.py's output: question,
 reference, response, binary or verdict, soft; optionally label and subject). Prints percent
 agreement, Cohen's kappa per pair and Fleiss' kappa for three or more judges, overall and per
-subject; with labelled rows (label YES/NO or 1/0) also each judge's accuracy, TPR/FPR, ROC AUC of
+subject; with labelled rows (label YES/NO or 1/0, or an on-policy file's correct 0/1) also each
+judge's accuracy, TPR (recall of YES), FPR, YES precision, Cohen's kappa with the labels, ROC AUC of
 its soft score and a calibration table. One file alone gives its quality only.
 """
 
@@ -80,7 +81,8 @@ def print_report(rep: dict, console: Console) -> None:
         console.print(t)
     for judge, q in rep.get("quality", {}).items():
         t = Table(title=f"{judge}: quality on labelled rows")
-        for c in ("subject", "n", "correct", "accuracy", "TPR", "FPR", "AUC (soft)", "ECE"):
+        cols = ("subject", "n", "correct", "accuracy", "TPR", "FPR", "precision", "κ", "AUC (soft)")
+        for c in (*cols, "ECE"):
             t.add_column(c, justify="left" if c == "subject" else "right")
         for g, m in q.items():
             cal = m.get("calibration")
@@ -91,6 +93,8 @@ def print_report(rep: dict, console: Console) -> None:
                 _f(m["accuracy"], True),
                 _f(m["tpr"], True),
                 _f(m["fpr"], True),
+                _f(m["precision"], True),
+                _f(m["kappa"]),
                 _f(m.get("auc")),
                 _f(cal["ece"]) if cal else "n/a",
             )

@@ -1,18 +1,23 @@
 """Score responses with a generative judge (soft and binary rewards) and the rule-based rewards.
 
     python tools/score.py --judge MODEL_DIR --input IN.jsonl --out OUT.jsonl
-        [--template auto|paper|short] [--max-prompt-len N] [--batch-size B] [--math]
+        [--template auto|paper|short] [--view auto|committed|last_line] [--max-prompt-len N]
+        [--batch-size B] [--math]
 
-Input rows: {"question": str, "reference": str, "response": str} (other keys are kept). The judge
-sees the response's last non-empty line in its prompt: by default the prompt settings stored with
+Input rows: {"question": str, "reference": str, "response": str} (other keys are kept); an optional
+"cut" (true: the token limit stopped the response) or tools/sample.py's "stopped" says whether the
+response's last sentence is unfinished. The judge sees what the response commits to (its answer
+statements, else its first and last complete sentences; rlvr_jax/answers.py), or with --view
+last_line its last non-empty line: by default the prompt settings stored with
 the judge (MODEL_DIR/judge.json, written by `rlvr_jax.distill`: the prompts it was trained on),
 else the paper's verifier prompt (see rlvr_jax/reward.py).
 Output rows add `p_yes`, `p_no`, `verdict` ("YES" if the judge's greedy first token is a YES
 spelling, else "NO"), `verdict_token` (that token's text), `soft` (paper Eq. 4), `soft_normalized`
 (p_yes / (p_yes + p_no)), `binary`, `rule_binary` (reference occurs in the response),
-`rule_jaccard` (word overlap with the last line) and, with --math, `rule_math` (math-verify).
-An empty response scores 0. Judge prompts over budget are cut by rlvr_jax.reward's rule; the
-counts are printed.
+`rule_jaccard` (word overlap with the last line), `no_answer` (1: the response commits to
+nothing; every judge reward is 0 and the verdict NO), `judge_view` (what the judge read) and,
+with --math, `rule_math` (math-verify). Judge prompts over budget are cut by rlvr_jax.reward's
+rule; the counts are printed.
 """
 
 from __future__ import annotations
@@ -37,11 +42,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="auto",
         help="auto (the judge's stored prompt settings, else paper) | paper | short | a format",
     )
+    p.add_argument(
+        "--view",
+        default="auto",
+        help="what of a response the judge reads: auto (the judge's stored setting) | committed | "
+        "last_line",
+    )
     p.add_argument("--max-prompt-len", type=int, default=None, help="judge prompt token budget")
     p.add_argument("--batch-size", type=int, default=16, help="judge prompts per jitted call")
     p.add_argument("--math", action="store_true", help="also score math equivalence")
     p.add_argument("--mesh", default="-1,1,1", help="device mesh DATA,FSDP,TENSOR (-1: the rest)")
     return p.parse_args(argv)
+
+
+def cut_flag(row: dict, where: str) -> bool | None:
+    """Whether the token limit stopped the row's response: its "cut" field, else the opposite of
+    tools/sample.py's "stopped", else None (unknown)."""
+    for key, flip in (("cut", False), ("stopped", True)):
+        if key in row:
+            if not isinstance(row[key], bool):
+                raise RowError(f"{where}: {key}: expected true or false, got {row[key]!r}")
+            return row[key] != flip
+    return None
 
 
 def main(argv=None) -> int:
@@ -76,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             args.judge,
             args.template,
             max_prompt_len=args.max_prompt_len,
+            view=args.view,
             batch_size=args.batch_size,
         )
     except ValueError as e:
@@ -94,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
         raise RowError(f"--judge: {e}") from None
     except ValueError as e:  # no single-token YES/NO spelling in the judge's vocabulary
         raise RowError(f"--judge {args.judge}: {e}") from None
+    cuts = [cut_flag(row, where) for where, row in rows]
     prompts = []
-    for (where, _), (q, r, a) in zip(rows, fields, strict=True):
+    for (where, _), (q, r, a), c in zip(rows, fields, cuts, strict=True):
         try:
-            prompts.append(W.build_judge_prompt(m.tokenizer, q, r, a, cfg))
+            prompts.append(W.build_judge_prompt(m.tokenizer, q, r, a, cfg, c))
         except (KeyError, IndexError, ValueError) as e:  # a custom template with bad fields
             raise RowError(f"{where}: --template does not format: {e!r}") from None
     with (
@@ -108,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     def out_rows():
         for i, ((_, row), (_, response, reference)) in enumerate(zip(rows, fields, strict=True)):
+            view = W.response_view(response, cfg.view, cuts[i])
             out = {
                 **row,
                 "p_yes": float(res.p_yes[i]),
@@ -119,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
                 "binary": int(res.binary[i]),
                 "rule_binary": int(W.rule_binary(response, reference)),
                 "rule_jaccard": W.rule_jaccard(response, reference),
+                "no_answer": int(res.empty[i]),
+                "judge_view": view,
             }
             if args.math:
                 out["rule_math"] = int(W.math_equivalent(response, reference))
@@ -132,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             f"{cuts[1]} response lines cut, {cuts[2]} cut to the prompt's tail",
             file=sys.stderr,
         )
-    print(f"wrote {len(rows)} rows to {args.out} ({int(res.empty.sum())} empty responses)",
+    print(f"wrote {len(rows)} rows to {args.out} ({int(res.empty.sum())} with no answer)",
           file=sys.stderr)  # fmt: skip
     return 0
 

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-DEFAULT_JUDGE = "judge-econ-v6"  # bump when the recipe changes: a new name, never a stale judge
+DEFAULT_JUDGE = "judge-econ-v7"  # bump when the recipe changes: a new name, never a stale judge
 CONFIG = "configs/judge_econ.py"
 
 

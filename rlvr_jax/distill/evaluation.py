@@ -87,6 +87,18 @@ def quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
+def onpolicy_quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
+    """The judge beside the rule rewards on labelled on-policy answers (onpolicy.quality_table),
+    with which of onpolicy.TARGETS the judge meets."""
+    from rlvr_jax import onpolicy
+
+    answers = [{**x, "correct": int(x["label"] == "YES")} for x in rows]
+    cols = {"judge": {"soft": r["soft"], "binary": r["binary"]}, **onpolicy.rule_columns(answers)}
+    table = onpolicy.quality_table(answers, cols)
+    table["judge_targets"] = onpolicy.meets_targets(table["judge"], table["best_rule_auc"])
+    return table
+
+
 def choose_yes_bias(
     rows: Sequence[Mapping],
     p_yes: np.ndarray,

@@ -12,6 +12,11 @@ Teachers (PAPER.md, "Judge distillation"; issue 6):
 - `judge_rows` (distill/teacher_judge.py): a judge model labels a policy's on-policy rollouts.
 - `master_key_rows`: content-free and truncated responses (probes.PROBES) labelled NO, always
   added (arXiv 2507.08794).
+- `onpolicy_rows`: the policy's own answers with a teacher's labels (rlvr_jax/onpolicy.py): the
+  rambling, cut-off, prose-answered responses the judge scores during RL.
+- `prose_rows` and `conflicting_rows`: the reference and a distractor stated in prose (YES / NO),
+  and responses that commit to two different answers, the reference among them (NO): what the
+  judge reads of on-policy answers (answers.answer_view), made from every question.
 
 Held-out rows (`heldout_rows`) come from test questions, which `check_no_leak` keeps out of
 training: probes.answer_rows (reference/rephrasings YES, distractors NO) plus every probe.
@@ -175,6 +180,78 @@ def labelled_rows(
     return rows
 
 
+# Answers stated in prose, as a small policy states them; {a} is the answer, {s} the subject.
+PROSE_FORMS: tuple[str, ...] = (
+    "This is known as {a}. It is a key idea in {s}.",
+    "The result is {a}. This follows from the definitions involved.",
+    "{A} is the correct term here. It is widely used in {s}.",
+    "It is called {a}.",
+    "In this case, we get {a}. This is the standard result.",
+    "To answer this, recall the main concept.\n\nHere it is {a}, as explained above.",
+)
+
+
+def _prose(answer: str, subject: str, rng: np.random.Generator) -> str:
+    f = PROSE_FORMS[int(rng.integers(len(PROSE_FORMS)))]
+    return f.format(a=answer, A=answer[:1].upper() + answer[1:], s=subject)
+
+
+def prose_rows(examples: Sequence[Example], seed: int, per_question: int) -> list[dict]:
+    """Per question, up to `per_question` of its YES answers (reference, rephrasings) and as many
+    distractors (NO), each stated in a prose form (PROSE_FORMS)."""
+    rng = np.random.default_rng([seed, 8])
+    rows = []
+    for ex in examples:
+        for label, kind, answers in (
+            ("YES", "prose_yes", [ex.reference, *ex.rephrasings]),
+            ("NO", "prose_no", list(ex.distractors)),
+        ):
+            take = min(per_question, len(answers))
+            for k, j in enumerate(rng.choice(len(answers), size=take, replace=False).tolist()):
+                rows.append(_row(ex, _prose(answers[j], ex.subject, rng), label, kind, k, "data"))
+    return rows
+
+
+def conflicting_rows(examples: Sequence[Example], seed: int, per_question: int) -> list[dict]:
+    """Per question, up to `per_question` responses that state the reference and a distractor as
+    final answers, in either order: several conflicting answers are not a committed one (NO)."""
+    rng = np.random.default_rng([seed, 9])
+    rows = []
+    for ex in examples:
+        take = min(per_question, len(ex.distractors))
+        for k, j in enumerate(rng.choice(len(ex.distractors), size=take, replace=False).tolist()):
+            pair = [ex.reference, ex.distractors[j]]
+            if rng.random() < 0.5:
+                pair.reverse()
+            text = f"{_form(pair[0], rng)}\nWait, let me check.\n{_form(pair[1], rng)}"
+            rows.append(_row(ex, text, "NO", "conflicting", k, "data"))
+    return rows
+
+
+def onpolicy_rows(answers: Sequence[dict], repeat: int = 1) -> list[dict]:
+    """Judge rows from labelled on-policy answers (rlvr_jax/onpolicy.py rows): correct -> YES,
+    else NO, kind "onpolicy", each `repeat` times (they are few next to the data's rows); the
+    "cut" flag travels with the row, so that the judge reads them as the scorer will."""
+    rows = []
+    for a in answers:
+        for k in range(repeat):
+            rows.append(
+                {
+                    "id": f"{a['id']}/onpolicy/{a.get('sample', '')}/{k}",
+                    "question": a["question"],
+                    "reference": a["reference"],
+                    "response": a["response"],
+                    "cut": bool(a["cut"]),
+                    "label": "YES" if a["correct"] else "NO",
+                    "subject": a["subject"],
+                    "field": a.get("field", ""),
+                    "kind": "onpolicy",
+                    "teacher": "onpolicy",
+                }
+            )
+    return rows
+
+
 def math_rows(examples: Sequence[Example], seed: int) -> list[dict]:
     """Candidates of math questions (reference, rephrasings, distractors, in varied forms)
     labelled by math-verify against the reference: the rule verifier is the teacher."""
@@ -215,6 +292,12 @@ def heldout_rows(examples: Sequence[Example], seed: int) -> list[dict]:
     for r in rows:
         r["teacher"] = "master-key" if r["kind"].startswith("probe:") else "data"
     return rows
+
+
+def keep_questions(rows: Iterable[dict], examples: Iterable[Example]) -> list[dict]:
+    """The rows whose question is one of `examples`' (same text up to case and spacing)."""
+    asked = {_norm(ex.question) for ex in examples}
+    return [r for r in rows if _norm(r["question"]) in asked]
 
 
 def drop_heldout(examples: Iterable[Example], heldout: Iterable[Example]) -> list[Example]:

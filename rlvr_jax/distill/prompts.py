@@ -17,11 +17,13 @@ def prompt_ids(
 ) -> tuple[list[list[int]], list[bool]]:
     """(judge prompt ids, empty flags) per row {question, reference, response}.
 
-    An empty response (no non-empty line) is one the scorer forces to reward 0 whatever the model
+    A response that commits to nothing is one the scorer forces to reward 0 whatever the model
     says; callers drop such rows from training and score them 0 in evaluation, as reward.py does.
     """
     ps = [
-        reward.build_judge_prompt(tokenizer, r["question"], r["response"], r["reference"], jcfg)
+        reward.build_judge_prompt(
+            tokenizer, r["question"], r["response"], r["reference"], jcfg, r.get("cut")
+        )
         for r in rows
     ]
     return [p.ids for p in ps], [p.empty for p in ps]

@@ -93,6 +93,11 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
                 int(d.minimal_pairs),
                 int(d.swapped_references),
             )
+            rows += examples.prose_rows(train, seed, int(d.get("prose_pairs", 0)))
+            rows += examples.conflicting_rows(train, seed, int(d.get("conflicting", 0)))
+        elif t == "onpolicy":
+            answers = examples.keep_questions(onpolicy_answers(cfg, "train"), train)
+            rows += examples.onpolicy_rows(answers, int(d.get("onpolicy_repeat", 1)))
         elif t == "math":
             src = f"math:{int(d.math_questions)}:{seed}"
             maths = data.load_examples(src, "train", system_prompt=None).examples
@@ -104,10 +109,19 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
 
             rows += teacher_judge.judge_rows(cfg, train)
         else:
-            raise ValueError(f"config distill.teachers: unknown teacher {t!r} (data, math, judge)")
+            known = "data, math, judge, onpolicy"
+            raise ValueError(f"config distill.teachers: unknown teacher {t!r} ({known})")
     rows += examples.master_key_rows(asked, seed, int(d.probes_per_question), list(d.probe_kinds))
     examples.check_no_leak(rows, held)
     return rows
+
+
+def onpolicy_answers(cfg: Any, split: str) -> list[dict]:
+    """The labelled on-policy answers of `split` from config distill.onpolicy_file ("" = none)."""
+    from rlvr_jax import onpolicy
+
+    path = str(cfg.distill.get("onpolicy_file", ""))
+    return onpolicy.load(resolve_source(path), split) if path else []
 
 
 def eval_rows(cfg: Any, held: list[data.Example]) -> list[dict]:
@@ -244,6 +258,11 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     train = prepare(teacher_rows(cfg, train_q, val_q + held_q), tok, jcfg, cfg, drop_empty=True)
     held = prepare(eval_rows(cfg, held_q), tok, jcfg, cfg, drop_empty=False)
     val = prepare(eval_rows(cfg, val_q), tok, jcfg, cfg, drop_empty=False) if val_q else None
+    # Held-out on-policy answers to this run's own questions: how it will score RL's answers.
+    onp_rows = examples.onpolicy_rows(
+        examples.keep_questions(onpolicy_answers(cfg, "heldout"), train_q + val_q)
+    )
+    onp = prepare(onp_rows, tok, jcfg, cfg, drop_empty=False) if onp_rows else None
     counts = examples.label_counts(train.rows)
     print(
         f"rlvr_jax: {len(train_q)} training questions -> {len(train.rows)} judge rows {counts}; "
@@ -255,6 +274,8 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     fill_cache(held, "heldout", model, split, workdir, model_id)
     if val is not None:
         fill_cache(val, "val", model, split, workdir, model_id)
+    if onp is not None:
+        fill_cache(onp, "onpolicy", model, split, workdir, model_id)
 
     labels = np.array([r["label"] == "YES" for r in train.rows], np.int32)
     n_yes = max(int(labels.sum()), 1)
@@ -268,6 +289,13 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         s = score_rows(model.graphdef, state, split, p, yes, no, yes_bias)
         r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, p.empty)
         return evaluation.quality(p.rows, r), r
+
+    def onpolicy_figures(state, yes_bias: float = 0.0) -> dict | None:
+        if onp is None:
+            return None
+        s = score_rows(model.graphdef, state, split, onp, yes, no, yes_bias)
+        r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, onp.empty)
+        return evaluation.onpolicy_quality(onp.rows, r)
 
     zero_shot, _ = figures(model.state)
     print("rlvr_jax: zero-shot " + _line(zero_shot), file=sys.stderr)
@@ -354,6 +382,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     if bias != 0.0:  # the offset changes the verdicts: a pass of its own
         distilled, rewards = figures(state, held, bias)
     writer.write(len(plan), _scalars(distilled, "heldout/"))
+    onpolicy_heldout = onpolicy_figures(state, bias)
     writer.close()
     results = {
         "steps": len(plan),
@@ -366,6 +395,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         "calibration": calibration,
         "distilled": distilled,
         "passes": evaluation.passes(distilled),
+        "onpolicy_heldout": onpolicy_heldout,
     }
     results["scorer_check"] = scorer_check(model, state, jcfg, held, rewards)
     _save_judge(workdir, model, state, jcfg, bool(cfg.train.export_hf))
@@ -373,7 +403,14 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     cols = {"zero-shot": zero_shot, "distilled, yes_bias 0": uncalibrated}
     cols[f"distilled, yes_bias {bias:+.2f}"] = distilled
     Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
-    (workdir / "heldout_table.md").write_text(evaluation.markdown(cols))
+    md = evaluation.markdown(cols)
+    if onpolicy_heldout is not None:
+        from rlvr_jax import onpolicy
+
+        table = onpolicy.markdown(onpolicy_heldout)
+        print(f"rlvr_jax: held-out on-policy answers\n{table}", file=sys.stderr)
+        md += f"\nHeld-out on-policy answers ({len(onp.rows)}):\n\n{table}"
+    (workdir / "heldout_table.md").write_text(md)
     tmp = workdir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2, default=float) + "\n")
     os.replace(tmp, workdir / "results.json")

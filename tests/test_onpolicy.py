@@ -1,0 +1,97 @@
+"""On-policy labelled answers: the shipped file, the quality report, and their judge rows."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rlvr_jax import onpolicy
+from rlvr_jax.answers import answer_view
+from rlvr_jax.data import Example
+from rlvr_jax.distill import examples as E
+
+
+def _row(i, correct, response="It is x.", split="heldout", cut=False):
+    return {"id": f"q{i}", "question": f"Q{i}?", "reference": "x", "response": response,
+            "subject": "economics", "correct": correct, "cut": cut, "split": split}  # fmt: skip
+
+
+def test_quality_report_on_a_hand_made_file(tmp_path):
+    rows = [_row(i, c) for i, c in enumerate([1, 1, 0, 0, 0, 0])] + [_row(9, 1, split="train")]
+    path = tmp_path / "answers.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = onpolicy.load(path, "heldout")
+    assert [r["id"] for r in held] == [f"q{i}" for i in range(6)]
+    soft = [0.9, 0.4, 0.5, 0.1, 0.2, 0.3]
+    binary = [1, 0, 1, 0, 0, 0]
+    table = onpolicy.quality_table(held, {"judge": {"soft": soft, "binary": binary},
+                                          "rule_x": {"soft": [1, 0, 0, 0, 0, 0]}})  # fmt: skip
+    q = table["judge"]
+    # AUC by hand: of the 2 x 4 (correct, wrong) pairs, the correct one scores higher in 7.
+    assert q["auc"] == pytest.approx(7 / 8)
+    assert q["precision"] == pytest.approx(1 / 2) and q["recall"] == pytest.approx(1 / 2)
+    # kappa: observed agreement 4/6; chance (2/6 * 2/6 + 4/6 * 4/6) = 5/9.
+    assert q["kappa"] == pytest.approx((4 / 6 - 5 / 9) / (1 - 5 / 9))
+    assert q["n"] == 6 and q["n_correct"] == 2 and q["yes"] == 2
+    # rule_x ranks one correct answer first and ties the other with the wrong ones.
+    assert table["rule_x"]["auc"] == pytest.approx((4 + 0.5 * 4) / 8)
+    assert table["best_rule_auc"] == table["rule_x"]["auc"]
+    hit = onpolicy.meets_targets(q, table["best_rule_auc"])
+    assert hit == {"auc": False, "auc_over_best_rule": True, "precision": False}
+    md = onpolicy.markdown(table)
+    assert "| judge | 6 | 2 | 0.875 | 2 | 0.500 | 0.500 |" in md
+
+
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        ({"correct": 2}, "line 1: correct"),
+        ({"cut": "no"}, "line 1: cut"),
+        ({"split": "test"}, "line 1: split"),
+        ({"response": None}, "line 1: response"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tmp_path, bad, msg):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({**_row(0, 1), **bad}) + "\n")
+    with pytest.raises(onpolicy.OnPolicyError, match=f"a.jsonl:{msg}"):
+        onpolicy.load(path)
+
+
+def test_shipped_file_is_split_by_question():
+    rows = onpolicy.load()
+    assert len(rows) == 1206 and {r["split"] for r in rows} == {"train", "heldout"}
+    by_split = {s: {r["question"] for r in rows if r["split"] == s} for s in onpolicy.SPLITS}
+    assert not by_split["train"] & by_split["heldout"]
+    held = [r for r in rows if r["split"] == "heldout"]
+    assert 0.2 < len(held) / len(rows) < 0.45 and sum(r["correct"] for r in held) >= 10
+
+
+EX = Example(id="e1", question="What is it?", messages=(), reference="a liquidity trap",
+             subject="economics", field="Social Sciences", rephrasings=("liquidity trap",),
+             distractors=("a credit crunch", "stagflation", "deflation"))  # fmt: skip
+
+
+def test_judge_rows_from_on_policy_answers_carry_label_and_cut():
+    rows = E.onpolicy_rows([_row(1, 1, cut=True), _row(2, 0)], repeat=2)
+    assert [r["label"] for r in rows] == ["YES", "YES", "NO", "NO"]
+    assert [r["cut"] for r in rows] == [True, True, False, False]
+    assert len({r["id"] for r in rows}) == 4 and {r["teacher"] for r in rows} == {"onpolicy"}
+
+
+def test_prose_and_conflicting_rows():
+    prose = E.prose_rows([EX], seed=0, per_question=1)
+    assert [r["label"] for r in prose] == ["YES", "NO"]
+    for r in prose:
+        v = answer_view(r["response"])
+        assert v.kind == "prose"
+        answer = [EX.reference, *EX.rephrasings] if r["label"] == "YES" else EX.distractors
+        assert any(a.lower() in v.text.lower() for a in answer)
+    conf = E.conflicting_rows([EX], seed=0, per_question=2)
+    assert len(conf) == 2 and {r["label"] for r in conf} == {"NO"}
+    for r in conf:
+        v = answer_view(r["response"])
+        # The judge is shown both answers, the reference among them.
+        assert v.kind == "answer" and " ; " in v.text and EX.reference in v.text
+    assert E.prose_rows([EX], 0, 1) == prose  # same seed, same rows
+    assert np.all([r["question"] == EX.question for r in prose + conf])
