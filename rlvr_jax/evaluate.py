@@ -313,7 +313,8 @@ def evaluate(
     for i, (ex, c) in enumerate(zip(examples, comps, strict=True)):
         row = dict(id=ex.id, subject=ex.subject, field=ex.field, question=ex.question,
                    reference=ex.reference, response=c.text, stopped=c.stopped,
-                   response_tokens=len(c.ids))  # fmt: skip
+                   response_tokens=len(c.ids),
+                   no_answer=int(scores["no_answer"][i]))  # fmt: skip
         if has_judge:
             row.update(
                 binary=int(judged["binary"][i]),
@@ -358,6 +359,9 @@ def evaluate(
             seed=int(cfg.seed),
         ),
         "accuracy": acc,
+        # Answers that commit to nothing (answers.answer_view): every judge reward 0.
+        "no_answer_rate": float(np.mean(scores["no_answer"])),
+        "truncation_rate": float(np.mean([not c.stopped for c in comps])),
         "probes": probe_res,
         "generation": {
             "mean_response_tokens": float(np.mean([len(c.ids) for c in comps])),

@@ -31,6 +31,7 @@ from rlvr_jax.metrics import MetricsWriter
 from rlvr_jax.models.model_dir import load_model, save_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+QUALITY_FILE = "quality.json"  # in the judge's directory: its held-out and on-policy figures
 
 
 def resolve_source(src: str) -> str:
@@ -399,6 +400,9 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     }
     results["scorer_check"] = scorer_check(model, state, jcfg, held, rewards)
     _save_judge(workdir, model, state, jcfg, bool(cfg.train.export_hf))
+    # Its figures travel with the judge, so that whoever scores with it can print them.
+    quality = {"heldout": distilled, "onpolicy_heldout": onpolicy_heldout}
+    (workdir / "judge" / QUALITY_FILE).write_text(json.dumps(quality, indent=2, default=float))
     results["cpu"] = {**meter.read(), **phases}
     cols = {"zero-shot": zero_shot, "distilled, yes_bias 0": uncalibrated}
     cols[f"distilled, yes_bias {bias:+.2f}"] = distilled
