@@ -214,7 +214,8 @@ class RewardRunner:
     ) -> dict[str, np.ndarray]:
         """N examples (question, reference) and N responses -> {score name: [N] floats}.
 
-        Also "judge_truncated" [N]-summed count of judge prompts cut to fit the budget.
+        Also "judge_truncated" [N]-summed count of judge prompts cut to fit the budget, and with a
+        judge "judge_verdict" [N] int (1 YES, 0 NO, -1 NEITHER; see `reward.verdict_label`).
         """
         refs = [ex.reference for ex in rows]
         out = {
@@ -228,5 +229,6 @@ class RewardRunner:
             for name in JUDGE_REWARDS:
                 out[name] = np.asarray(getattr(res, name), np.float32)
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
+            out["judge_verdict"] = np.asarray(res.verdict, np.int32)  # 1 YES, 0 NO, -1 NEITHER
             out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
         return out

@@ -22,7 +22,17 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, minibatch, update
+from rlvr_jax import (
+    builders,
+    checkpoint,
+    data,
+    host_memory,
+    losses,
+    memory,
+    minibatch,
+    reward,
+    update,
+)
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
@@ -257,7 +267,10 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
 
     mf = np.asarray(ro.mask, np.float32)
     n_tok = float(mf.sum())
-    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
+    skip = ("judge_truncated", "judge_verdict")
+    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k not in skip}
+    if "judge_verdict" in scores:  # first token neither YES nor NO: soft and binary are 0
+        out["judge/neither_rate"] = reward.neither_rate(scores["judge_verdict"])
     out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
     out.update(
         {
@@ -313,7 +326,14 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
     scores = run.rewards.score(run.test_examples, responses)
-    return {f"eval/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
+    out = {
+        f"eval/{k}": float(np.mean(v))
+        for k, v in scores.items()
+        if k not in ("judge_truncated", "judge_verdict")
+    }
+    if "judge_verdict" in scores:
+        out["eval/judge_neither_rate"] = reward.neither_rate(scores["judge_verdict"])
+    return out
 
 
 # --------------------------------------------------------------------------- the loop

@@ -115,7 +115,8 @@ def test_kl_estimators():
     close(losses.kl_estimate(logp, ref, "k3"), [0.36787944, 0.71828183])  # e^-1, e - 2
 
 
-# Two rows (G=2): rewards [1,0] -> batch z-score [1,-1] (population std .5). Row 1's last token is padding.
+# Two rows (G=2): rewards [1,0] -> batch z-score [1,-1] (population std .5).
+# Row 1's last token is padding.
 OLD = A([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
 REF = A([[-1.5, -2.0, -1.0], [-1.0, -3.0, -1.0]])
 MASK = A([[1, 1, 1], [1, 1, 0]])
