@@ -289,6 +289,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     # Step metrics averaged over the rollout's optimizer steps; logp_drift is the first step's,
     # measured before the policy moved (see minibatch.run_steps).
     out.update({f"train/{k}": float(np.asarray(v)) for k, v in m.items()})
+    out["train/opt_step_total"] = int(jax.device_get(state.step))  # updates applied in the run
     out["rollout/response_len"] = float(mf.sum(1).mean())
     out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
