@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax.data import DataError
@@ -61,12 +60,17 @@ def shuffled_order(key: jax.Array, n: int, train_batch: int, epochs: int) -> np.
     return np.concatenate(perms).reshape(-1, train_batch)
 
 
+@jax.jit
+def _gather(batch: Any, idx: jax.Array) -> Any:
+    # Inside jit: the rows may be sharded over devices (or hosts); XLA does the exchange.
+    return jax.tree.map(lambda x: x[idx], batch)
+
+
 def take_rows(batch: Any, idx: np.ndarray) -> Any:
     """The rows idx [M] of every array of a batch pytree (None leaves stay None)."""
     if idx.shape[0] == jax.tree.leaves(batch)[0].shape[0] and np.all(idx == np.arange(idx.size)):
         return batch
-    j = jnp.asarray(idx, jnp.int32)
-    return jax.tree.map(lambda x: x[j], batch)
+    return _gather(batch, np.asarray(idx, np.int32))
 
 
 # How each metric of a step becomes the rollout's: the default is the mean over its steps.
