@@ -22,21 +22,12 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import (
-    builders,
-    checkpoint,
-    data,
-    host_memory,
-    losses,
-    memory,
-    minibatch,
-    reward,
-    update,
-)
+from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, minibatch, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
+from rlvr_jax.reward import neither_rate
 from rlvr_jax.rollout import generate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (a Python file).")
@@ -86,8 +77,9 @@ def latest_checkpoint(workdir: Path) -> int | None:
 
 
 def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
-    """Save the state after RL step `step` (a loop step: with ppo_epochs > 1, or skipped
-    non-finite updates, it differs from state.step, which counts applied updates)."""
+    """Save the state after RL step `step` (a loop step: with several optimizer steps per
+    rollout, or skipped non-finite updates, it differs from state.step, which counts applied
+    updates)."""
     leaves = jax.tree.leaves(state)
     tree = {
         "state": leaves,
@@ -270,7 +262,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     skip = ("judge_truncated", "judge_verdict")
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k not in skip}
     if "judge_verdict" in scores:  # first token neither YES nor NO: soft and binary are 0
-        out["judge/neither_rate"] = reward.neither_rate(scores["judge_verdict"])
+        out["judge/neither_rate"] = neither_rate(scores["judge_verdict"])
     out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
     out.update(
         {
@@ -333,7 +325,7 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
         if k not in ("judge_truncated", "judge_verdict")
     }
     if "judge_verdict" in scores:
-        out["eval/judge_neither_rate"] = reward.neither_rate(scores["judge_verdict"])
+        out["eval/judge_neither_rate"] = neither_rate(scores["judge_verdict"])
     return out
 
 
