@@ -53,14 +53,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rollout.top_p = 1.0
     c.rollout.top_k = 0
 
+    # Algorithms and the convention each follows (README "Algorithms"):
+    #   reinforce    the batch z-scored reward (paper Eq. 5) as the advantage
+    #   rloo         batch z-scored reward minus the other G-1 samples' mean (OpenRLHF "rloo")
+    #   reinforce_pp batch z-score, k1 KL in the reward, return-to-go, whitened over all valid
+    #                tokens of the batch (OpenRLHF "reinforce", i.e. REINFORCE++)
+    #   grpo         per-group (r - mean) / sample std (TRL GRPOTrainer, OpenRLHF "group_norm")
+    #   dr_grpo      per-group r - mean (TRL / OpenRLHF "dr_grpo")
     c.rl = ml_collections.ConfigDict()
     c.rl.algo = "rloo"  # reinforce | rloo | reinforce_pp | grpo | dr_grpo
-    c.rl.beta = 0.01
+    c.rl.beta = 0.01  # KL coefficient (paper: 0.01, pi_ref = the initial policy)
     c.rl.kl_mode = "reward"  # "reward": per-token k1 added to the reward; "loss": k3 loss term
     c.rl.clip_eps = 0.2
-    c.rl.ppo_epochs = 1  # updates per rollout
-    c.rl.loss_agg = "token_mean"  # token_mean | seq_mean
-    c.rl.norm = "group"  # reward z-score over a prompt's samples ("group") or the batch
+    c.rl.train_batch = 0  # rollout samples per optimizer step; 0: the whole rollout, one step
+    c.rl.ppo_epochs = 1  # passes over the rollout's shuffled mini-batches
+    # "auto": losses.AGGREGATION (token_mean for reinforce/rloo/reinforce_pp as OpenRLHF, seq_mean
+    # for grpo as TRL's "grpo", seq_sum for dr_grpo as TRL's "dr_grpo"); or one of those three.
+    c.rl.loss_agg = "auto"
+    # Reward z-score for reinforce/rloo/reinforce_pp: "batch" (paper Eq. 5), "group" (per prompt:
+    # GRPO's statistics) or "none". grpo and dr_grpo always use their own group statistics.
+    c.rl.norm = "batch"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-6

@@ -31,6 +31,7 @@ def get_config(arg: str | None = None):
     c.rl.algo = arg or "rloo"
     c.rl.beta = 0.01
     c.rl.clip_eps = 0.2
+    c.rl.train_batch = 128  # OpenRLHF's schedule: 512 samples, 4 shuffled optimizer steps
     c.rl.ppo_epochs = 1
     c.optim.lr = 5e-7
     c.optim.warmup_frac = 0.03

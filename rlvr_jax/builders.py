@@ -219,8 +219,9 @@ class RewardRunner:
         """N examples (question, reference) and N responses -> {score name: [N] floats}.
 
         cut [N]: which responses the token limit stopped (None: unknown; answers.py). Also
-        "no_answer" [N] (1 where the response commits to no answer: every judge reward is 0) and
-        "judge_truncated", the [N]-summed count of judge prompts cut to fit the budget.
+        "no_answer" [N] (1 where the response commits to no answer: every judge reward is 0),
+        "judge_truncated", the [N]-summed count of judge prompts cut to fit the budget, and with a
+        judge "judge_verdict" [N] int (1 YES, 0 NO, -1 NEITHER; see `reward.verdict_label`).
         """
         refs = [ex.reference for ex in rows]
         cuts = [None] * len(responses) if cut is None else [bool(c) for c in cut]
@@ -239,5 +240,6 @@ class RewardRunner:
             for name in JUDGE_REWARDS:
                 out[name] = np.asarray(getattr(res, name), np.float32)
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
+            out["judge_verdict"] = np.asarray(res.verdict, np.int32)  # 1 YES, 0 NO, -1 NEITHER
             out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
         return out

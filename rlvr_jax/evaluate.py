@@ -12,6 +12,9 @@ deterministic, so M = 1 uses it; for M > 1 each vote is the judge's first token 
 temperature 1, i.e. YES with probability P(YES) (the mass of the YES spellings; NO and any other
 token count as NO), drawn with seeded keys from the same single judge prefill, and the verdict is
 the majority (a tie is NO). An empty response gets NO votes. The soft reward does not depend on M.
+Each row also has `verdict`, the judge's greedy first token read as "YES", "NO" or "NEITHER"
+(neither spelling: scored 0 by `binary` and `soft`, but not a NO); the results report the share
+of NEITHER as `judge_neither_rate`: a high rate means the judge is not answering the question.
 
 Writes, next to OUT (each to a temporary file, then renamed; OUT itself last):
     OUT                         results: accuracy tables, probe FPR, settings, wall time
@@ -320,6 +323,7 @@ def evaluate(
                 binary=int(judged["binary"][i]),
                 votes=judged["votes"][i].tolist(),
                 greedy_binary=int(judged["greedy_binary"][i]),
+                verdict=reward.verdict_label(scores["judge_verdict"][i]),  # greedy: YES/NO/NEITHER
             )
             for k in ("soft", "soft_normalized", "judge_p_yes"):
                 row[k] = _f(scores[k][i])
@@ -369,6 +373,8 @@ def evaluate(
             "prompts_cut": int(cut),
         },
         "judge_truncated_prompts": int(scores["judge_truncated"][0]) if has_judge else 0,
+        # Share of responses whose judge's first token was neither YES nor NO (scored 0, not NO).
+        "judge_neither_rate": reward.neither_rate(scores["judge_verdict"]) if has_judge else None,
         "time_s": dict(
             load=t_loaded - t_start,
             generate=t_gen - t_loaded,
@@ -383,6 +389,11 @@ def evaluate(
         table += (
             f"\nMaster-key probes: judge false-positive rate {100 * probe_res['fpr']:.1f}% "
             f"over {probe_res['n']} probe rows (votes={votes}).\n"
+        )
+    if has_judge:
+        table += (
+            f"\nJudge verdict NEITHER (first token neither YES nor NO, scored 0) on "
+            f"{100 * results['judge_neither_rate']:.1f}% of responses.\n"
         )
     table += f"\nWall time {results['wall_time_s']:.1f} s ({len(examples)} questions).\n"
     results["table"] = table

@@ -24,15 +24,20 @@ Aggregation = Literal["token_mean", "seq_mean", "seq_sum"]
 
 ALGOS: tuple[str, ...] = ("reinforce", "rloo", "reinforce_pp", "grpo", "dr_grpo")
 
-# How each algorithm conventionally averages its per-token loss. GRPO averages tokens within a
-# sequence first; Dr.GRPO removes that length bias with a constant normaliser instead.
-DEFAULT_AGGREGATION: dict[str, str] = {
+# The loss aggregation each algorithm uses when rl.loss_agg = "auto" (train.py reads this table
+# through `loss_aggregation`). reinforce / rloo / reinforce_pp follow OpenRLHF, whose PolicyLoss
+# averages over every token of an optimizer step (token_level_loss=True), the setting the paper
+# ran. grpo follows TRL's loss_type="grpo": tokens averaged within each sequence, then sequences.
+# dr_grpo follows TRL's loss_type="dr_grpo": a sum over tokens divided by the constant
+# rows x max completion length, which removes GRPO's length bias.
+AGGREGATION: dict[str, str] = {
     "reinforce": "token_mean",
     "rloo": "token_mean",
     "reinforce_pp": "token_mean",
     "grpo": "seq_mean",
     "dr_grpo": "seq_sum",
 }
+AGGREGATIONS: tuple[str, ...] = ("token_mean", "seq_mean", "seq_sum")
 
 _EPS = 1e-6
 
@@ -53,26 +58,47 @@ def _safe_scale(centred: jax.Array, std: jax.Array, eps: float) -> jax.Array:
     return jnp.where(ok, centred / jnp.where(ok, std, 1.0), 0.0)
 
 
-def zscore(rewards: jax.Array, group_size: int | None, eps: float = _EPS) -> jax.Array:
+def _std(x: jax.Array, mu: jax.Array, ddof: int) -> jax.Array:
+    """Std over the last axis of x [..., K] around mu [..., 1]; ddof 1 = the sample std."""
+    k = x.shape[-1]
+    ss = jnp.sum(jnp.square(x - mu), axis=-1, keepdims=True)
+    return jnp.sqrt(ss / max(k - ddof, 1))
+
+
+def zscore(
+    rewards: jax.Array,
+    group_size: int | None,
+    eps: float = _EPS,
+    ddof: int = 0,
+    std_eps: float = 0.0,
+) -> jax.Array:
     """Z-score rewards [N] within each prompt group (group_size G) or over the batch (None).
 
-    Uses the population std (ddof=0). A group whose std is <= eps gets all zeros.
+    (r - mean) / (std + std_eps) with std over K values divided by K - ddof (ddof 0: population,
+    1: sample). A group whose std is <= eps gets exactly 0: all rewards equal, nothing to learn.
     """
     r = rewards.astype(jnp.float32)
     x = r[None] if group_size is None else _groups(r, group_size)
     mu = x.mean(axis=-1, keepdims=True)
-    std = jnp.sqrt(jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True))
-    return _safe_scale(x - mu, std, eps).reshape(r.shape)
+    std = _std(x, mu, ddof)
+    ok = std > eps
+    return jnp.where(ok, (x - mu) / jnp.where(ok, std + std_eps, 1.0), 0.0).reshape(r.shape)
 
 
 def normalize_rewards(
-    rewards: jax.Array, group_size: int, scope: Scope = "group", eps: float = _EPS
+    rewards: jax.Array, group_size: int, scope: Scope = "batch", eps: float = _EPS
 ) -> jax.Array:
-    """The paper's reward normalisation: z-score per group, per batch, or none. [N] -> [N]."""
+    """Reward normalisation before reinforce / rloo / reinforce_pp. [N] -> [N].
+
+    "batch" (the default) is the paper's Eq. 5 read literally: one z-score over the whole batch
+    (population std), 0 everywhere when all rewards are equal. "group" z-scores each prompt's G
+    samples with the sample std, GRPO's statistics (with it reinforce *is* GRPO and rloo is GRPO
+    times G/(G-1)). "none" passes raw rewards (OpenRLHF's estimators without normalisation).
+    """
     if scope == "group":
-        return zscore(rewards, group_size, eps)
+        return zscore(rewards, group_size, eps, ddof=1)
     if scope == "batch":
-        return zscore(rewards, None, eps)
+        return zscore(rewards, None, eps, ddof=0)
     if scope == "none":
         return rewards.astype(jnp.float32)
     raise ValueError(f"unknown reward normalisation scope {scope!r}; use group, batch or none")
@@ -88,11 +114,18 @@ def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
 
 
 def group_advantages(
-    rewards: jax.Array, group_size: int, scale: bool = True, eps: float = _EPS
+    rewards: jax.Array, group_size: int, scale: bool = True, eps: float = _EPS, std_eps: float = 0.0
 ) -> jax.Array:
-    """GRPO (scale=True): (r - group mean) / group std; Dr.GRPO (scale=False): r - group mean."""
+    """GRPO (scale=True): (r - group mean) / (group std + std_eps); Dr.GRPO: r - group mean.
+
+    The std is the sample std (ddof 1), as TRL's GRPOTrainer and OpenRLHF's group_norm compute
+    it (torch.std's default). They add 1e-4 (TRL) or 1e-9 (OpenRLHF) to it; std_eps = 0 by
+    default, so a group of two rewards 0 and 1 gets exactly +-0.7071. A group whose std is
+    <= eps gets exactly 0 instead: a plain division turns the rounding of equal soft rewards'
+    mean into advantages of order 1 (OpenRLHF) or up to ~1e-3 (TRL).
+    """
     if scale:
-        return zscore(rewards, group_size, eps)
+        return zscore(rewards, group_size, eps, ddof=1, std_eps=std_eps)
     x = _groups(rewards.astype(jnp.float32), group_size)
     return (x - x.mean(axis=-1, keepdims=True)).reshape(rewards.shape)
 
@@ -139,7 +172,7 @@ def canonical_algo(algo: str) -> str:
 
 
 def sequence_advantages(
-    algo: Algo, rewards: jax.Array, group_size: int, reward_norm: Scope = "group"
+    algo: Algo, rewards: jax.Array, group_size: int, reward_norm: Scope = "batch"
 ) -> jax.Array:
     """One scalar advantage per sequence [N], before any KL shaping or token whitening.
 
@@ -166,7 +199,7 @@ def compute_advantages(
     mask: jax.Array,
     beta: float = 0.01,
     kl_mode: KLMode = "reward",
-    reward_norm: Scope = "group",
+    reward_norm: Scope = "batch",
 ) -> jax.Array:
     """Per-token advantages [N,L] (0 on padding) from rewards [N] and per-token log-probs [N,L].
 
@@ -174,7 +207,9 @@ def compute_advantages(
     k1 = logp_old - logp_ref, the sequence advantage is added at the end, and each token's advantage
     is its return-to-go (gamma 1): A_t = a_seq + sum_{s>=t} -beta * k1_s. "loss" and "none" leave
     the advantage per sequence (the k3 loss term lives in `policy_loss`). reinforce_pp then whitens
-    the token advantages over every valid token of the batch.
+    the token advantages over every valid token of the batch (OpenRLHF's `reinforce` estimator).
+    OpenRLHF clamps k1 to [-10, 10]; here it is not clamped (a per-token log-ratio that large
+    means the reference is far off, and the clamp would hide it).
     """
     m = mask.astype(jnp.float32)
     a_seq = sequence_advantages(algo, rewards, group_size, reward_norm)
@@ -188,6 +223,18 @@ def compute_advantages(
     if canonical_algo(algo) == "reinforce_pp":
         return whiten(adv, m)
     return adv * m
+
+
+def loss_aggregation(algo: str, override: str = "auto") -> str:
+    """The loss aggregation to use: AGGREGATION[algo] for "auto", else the override itself."""
+    if override == "auto":
+        return AGGREGATION[canonical_algo(algo)]
+    if override not in AGGREGATIONS:
+        raise ValueError(
+            f"config rl.loss_agg: unknown aggregation {override!r}; use auto or "
+            + ", ".join(AGGREGATIONS)
+        )
+    return override
 
 
 def aggregate(

@@ -8,8 +8,11 @@ next-token distribution at the end of each prompt; only that last position is pr
 vocabulary.
 
 From it, in one pass (c = the verdict = the judge's greedy first token):
+- verdict: "YES" (c is a YES spelling), "NO" (a NO spelling) or "NEITHER" (any other token, e.g.
+  "The" from a judge that starts a sentence): three values, so that a judge which answers neither
+  is reported as such and never counted as a NO (`verdict_label`, `neither_rate`);
 - p_yes, p_no: probability mass of the YES / NO spellings that are single tokens of the judge;
-- binary = 1 if c is a YES spelling, else 0;
+- binary = 1 if c is a YES spelling, else 0 (NO and NEITHER alike);
 - soft (paper Eq. 4) = p_yes if c is YES, 1 - p_no if c is NO, 0 if c is neither;
 - soft_normalized = p_yes / (p_yes + p_no).
 
@@ -286,6 +289,22 @@ def build_judge_prompt(
 
 
 # ----------------------------------------------------------------------------------------------
+# The three verdicts, by JudgeScores.verdict code.
+VERDICT_LABELS: dict[int, str] = {1: "YES", 0: "NO", -1: "NEITHER"}
+
+
+def verdict_label(code: int) -> str:
+    """ "YES" (1), "NO" (0) or "NEITHER" (-1: the judge's first token is neither spelling)."""
+    return VERDICT_LABELS[int(code)]
+
+
+def neither_rate(verdict: np.ndarray) -> float:
+    """Share of rows [N] whose verdict is NEITHER (code -1); 0.0 for no rows."""
+    v = np.asarray(verdict)
+    return float(np.mean(v == -1)) if v.size else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
 # Device side: one jitted prefill -> the verdict distribution.
 
 

@@ -22,11 +22,12 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
+from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, minibatch, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
+from rlvr_jax.reward import neither_rate
 from rlvr_jax.rollout import generate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (a Python file).")
@@ -53,6 +54,7 @@ class Run:
     train_step: Any
     ref_logprobs: Any
     step_cfg: update.StepConfig
+    train_batch: int  # rollout rows per optimizer step
 
     def sample_params(self, params: Any) -> Any:
         """Params in the sampling layout: whole over fsdp (decode would otherwise all-gather every
@@ -75,8 +77,9 @@ def latest_checkpoint(workdir: Path) -> int | None:
 
 
 def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
-    """Save the state after RL step `step` (a loop step: with ppo_epochs > 1, or skipped
-    non-finite updates, it differs from state.step, which counts applied updates)."""
+    """Save the state after RL step `step` (a loop step: with several optimizer steps per
+    rollout, or skipped non-finite updates, it differs from state.step, which counts applied
+    updates)."""
     leaves = jax.tree.leaves(state)
     tree = {
         "state": leaves,
@@ -130,7 +133,14 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     train_it = data.BatchIterator(
         train_ex, b, int(cfg.seed), jax.process_index(), jax.process_count()
     )
-    steps = int(cfg.train.steps)
+    n = b * int(cfg.rollout.samples_per_prompt)
+    train_batch, micro = minibatch.resolve_train_batch(
+        n, int(cfg.rl.train_batch), int(cfg.optim.micro_batch)
+    )
+    # The schedule counts optimizer steps: several per rollout with train_batch < n or epochs > 1.
+    steps = int(cfg.train.steps) * minibatch.steps_per_rollout(
+        n, train_batch, int(cfg.rl.ppo_epochs)
+    )
     optimizer = update.make_optimizer(cfg.optim, steps)
     trainable = update.trainable_filter(policy.cfg.num_layers, int(cfg.optim.train_layers))
     # The reference policy is the initial one: a copy that the donated train state cannot alias.
@@ -138,13 +148,11 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     state = update.init_train_state(
         policy.state, optimizer, trainable, jax.random.PRNGKey(cfg.seed)
     )
-    n = b * int(cfg.rollout.samples_per_prompt)
-    micro = min(int(cfg.optim.micro_batch), n)
     step_cfg = update.StepConfig(
         micro_batch=micro,
         clip_eps=float(cfg.rl.clip_eps),
         kl_coef=float(cfg.rl.beta) if cfg.rl.kl_mode == "loss" else 0.0,
-        agg="seq_sum" if cfg.rl.algo == "dr_grpo" else str(cfg.rl.loss_agg),
+        agg=losses.loss_aggregation(str(cfg.rl.algo), str(cfg.rl.loss_agg)),
     )
     # Pinning the state's layout keeps one compiled step: the donated output state then has
     # exactly the input's shardings, so the second call does not compile again.
@@ -170,6 +178,7 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
         train_step=train_step,
         ref_logprobs=update.make_ref_logprobs(policy.graphdef),
         step_cfg=step_cfg,
+        train_batch=train_batch,
     )
     return run, state
 
@@ -240,16 +249,20 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         tokens, attn, ro.mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
     )
     t0 = time.perf_counter()
-    first = None
-    for _ in range(int(cfg.rl.ppo_epochs)):
-        state, m = run.train_step(state, batch)
-        first = first or m
-    m = jax.device_get(m)
+    n_epochs = int(cfg.rl.ppo_epochs)
+    # The shuffle key derives from the rollout key: a resumed run shuffles exactly as before.
+    order = minibatch.shuffled_order(
+        jax.random.fold_in(key, 1), len(rows), run.train_batch, n_epochs
+    )
+    state, m = minibatch.run_steps(run.train_step, state, batch, order)
     t_update = time.perf_counter() - t0
 
     mf = np.asarray(ro.mask, np.float32)
     n_tok = float(mf.sum())
-    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
+    skip = ("judge_truncated", "judge_verdict")
+    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k not in skip}
+    if "judge_verdict" in scores:  # first token neither YES nor NO: soft and binary are 0
+        out["judge/neither_rate"] = neither_rate(scores["judge_verdict"])
     out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
     out.update(
         {
@@ -265,14 +278,14 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     if logp_ref is not None:
         k1 = (np.asarray(ro.logprobs) - np.asarray(logp_ref)) * mf
         out["kl/mean"] = float(k1.sum() / max(n_tok, 1.0))
+    # Step metrics averaged over the rollout's optimizer steps; logp_drift is the first step's,
+    # measured before the policy moved (see minibatch.run_steps).
     out.update({f"train/{k}": float(np.asarray(v)) for k, v in m.items()})
-    # Drift is measured on the first update, before the policy has moved.
-    out["train/logp_drift"] = float(np.asarray(jax.device_get(first["logp_drift"])))
+    out["train/opt_step_total"] = int(jax.device_get(state.step))  # updates applied in the run
     out["rollout/response_len"] = float(mf.sum(1).mean())
     out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
     seq_tok = float(np.asarray(attn).sum())  # prompt + completion tokens a forward pass reads
-    n_epochs = int(cfg.rl.ppo_epochs)
     for name, secs, toks_done in (
         ("rollout", t_roll, n_tok),
         ("judge", t_judge, len(rows)),
@@ -306,7 +319,14 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
     scores = run.rewards.score(run.test_examples, responses, ~np.asarray(ro.stopped))
-    return {f"eval/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
+    out = {
+        f"eval/{k}": float(np.mean(v))
+        for k, v in scores.items()
+        if k not in ("judge_truncated", "judge_verdict")
+    }
+    if "judge_verdict" in scores:
+        out["eval/judge_neither_rate"] = neither_rate(scores["judge_verdict"])
+    return out
 
 
 # --------------------------------------------------------------------------- the loop

@@ -177,6 +177,10 @@ def test_row_scores_belong_to_their_rows(run, tiny_dir):
     want = judge.score(*cols)
     np.testing.assert_allclose([r["judge_p_yes"] for r in rows], want.p_yes, atol=1e-5)
     assert [r["greedy_binary"] for r in rows] == want.binary.astype(int).tolist()
+    # Three-valued verdict per row, and its NEITHER share in the results.
+    assert [r["verdict"] for r in rows] == [W.verdict_label(v) for v in want.verdict]
+    res, _ = run
+    assert res["judge_neither_rate"] == pytest.approx(np.mean(want.verdict == -1))
     for r in rows:
         assert r["rule_binary"] == W.rule_binary(r["response"], r["reference"])
         assert r["rule_jaccard"] == pytest.approx(W.rule_jaccard(r["response"], r["reference"]))

@@ -37,18 +37,80 @@ def test_zscore_per_batch():
 def test_rloo_raw_and_normalised():
     # Raw [1,0,0,0]: baselines 0 and 1/3.
     close(losses.rloo_advantages(A([1, 0, 0, 0]), 4), [1, -1 / 3, -1 / 3, -1 / 3])
-    # Group z-score of [1,0,0,0] = [sqrt3, -1/sqrt3 x3]; leave-one-out scales it by G/(G-1).
+    # Group z-score (sample std .5) of [1,0,0,0] = [1.5, -.5 x3]; leave-one-out scales it by
+    # G/(G-1) = 4/3.
     got = losses.sequence_advantages("rloo", A([1, 0, 0, 0]), 4, "group")
-    close(got, [2.3094011, -0.7698004, -0.7698004, -0.7698004])
+    close(got, [2.0, -2 / 3, -2 / 3, -2 / 3])
+    # Batch z-score (the default, Eq. 5): [1,0,0,0,1,1,0,0] has mean .375, population std
+    # .4841229; leave-one-out of the first group [1.2909944, -.7745967 x3] -> [2.7537908, ...].
+    got = losses.sequence_advantages("rloo", A([1, 0, 0, 0, 1, 1, 0, 0]), 4)
+    z1, z0 = 0.625 / 0.4841229, -0.375 / 0.4841229
+    close(got[:4], [z1 - z0, (z0 - (z1 + 2 * z0) / 3)] + [z0 - (z1 + 2 * z0) / 3] * 2)
     with pytest.raises(ValueError):
         losses.rloo_advantages(A([1, 0]), 1)
 
 
 def test_grpo_and_dr_grpo():
-    close(losses.sequence_advantages("grpo", A([1, 0, 0, 0]), 4), [1.7320508] + [-0.5773503] * 3)
+    # Sample std (ddof 1) of [1,0,0,0] is .5: advantages [1.5, -.5 x3].
+    close(losses.sequence_advantages("grpo", A([1, 0, 0, 0]), 4), [1.5] + [-0.5] * 3)
     close(losses.sequence_advantages("dr_grpo", A([1, 0, 0, 0]), 4), [0.75, -0.25, -0.25, -0.25])
-    # GRPO ignores reward_norm (its own group statistics).
-    close(losses.sequence_advantages("grpo", A([3, 1]), 2, "none"), [1, -1])
+    # GRPO ignores reward_norm (its own group statistics); [3,1]: sample std sqrt(2).
+    close(losses.sequence_advantages("grpo", A([3, 1]), 2, "none"), [0.7071068, -0.7071068])
+    # std_eps (TRL adds 1e-4): [1,0] -> +-.5 / (.7071068 + .1) with std_eps .1.
+    close(losses.group_advantages(A([1, 0]), 2, std_eps=0.1), [0.6194967, -0.6194967])
+
+
+def test_reward_norm_defaults_to_the_batch():
+    # Eq. 5 over the batch: [1,0,1,1] has mean .75, population std .4330127.
+    want = [0.5773503, -1.7320508, 0.5773503, 0.5773503]
+    close(losses.sequence_advantages("reinforce", A([1, 0, 1, 1]), 2), want)
+    # Per group (an option): [1,0] -> +-.7071 (sample std), [1,1] -> 0.
+    close(
+        losses.sequence_advantages("reinforce", A([1, 0, 1, 1]), 2, "group"),
+        [0.7071068, -0.7071068, 0, 0],
+    )
+    # All rewards equal: exactly 0, not rounding noise.
+    out = np.asarray(losses.sequence_advantages("reinforce", A([0.1] * 6), 3))
+    assert np.all(out == 0.0)
+
+
+def test_aggregation_table_and_override():
+    assert [losses.loss_aggregation(a) for a in losses.ALGOS] == [
+        "token_mean",
+        "token_mean",
+        "token_mean",
+        "seq_mean",
+        "seq_sum",
+    ]
+    assert losses.loss_aggregation("reinforce++") == "token_mean"
+    assert losses.loss_aggregation("grpo", "token_mean") == "token_mean"  # TRL's "dapo"
+    with pytest.raises(ValueError, match="rl.loss_agg"):
+        losses.loss_aggregation("grpo", "mean")
+
+
+def test_five_algorithms_differ_under_the_defaults():
+    """Same rollout, shipped defaults (batch z-score, beta .01 KL in the reward): no two
+    algorithms' token advantages are equal or equal up to a constant factor.
+
+    Two pairs are close by definition, not by a defaults choice: leave-one-out gives
+    r_i - mean_{-i} = G/(G-1) (r_i - group mean) for any rewards, so rloo and dr_grpo differ only
+    through the scale of the batch z-score against the KL term (residual ~3% here); and
+    reinforce_pp whitens reinforce's token advantages, an affine map (residual ~2%)."""
+    rng = np.random.default_rng(3)
+    g, n, big_l = 4, 16, 6
+    r = A(rng.random(n).round(1))
+    old = A(-rng.random((n, big_l)) * 2)
+    ref = old + A(rng.normal(0, 0.3, (n, big_l)))
+    m = A(np.arange(big_l)[None] < rng.integers(2, big_l + 1, n)[:, None])
+    adv = {a: np.asarray(losses.compute_advantages(a, r, g, old, ref, m))[np.asarray(m) > 0]
+           for a in losses.ALGOS}  # fmt: skip
+    names = list(adv)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            x, y = adv[a], adv[b]
+            scale = (x @ y) / (y @ y)  # the best constant factor: the residual must stay large
+            resid = np.abs(x - scale * y).max()
+            assert resid > 1e-2 * np.abs(x).max(), (a, b, scale, resid)
 
 
 def test_kl_estimators():
@@ -58,7 +120,8 @@ def test_kl_estimators():
     close(losses.kl_estimate(logp, ref, "k3"), [0.36787944, 0.71828183])  # e^-1, e - 2
 
 
-# Two rows (G=2): rewards [1,0] -> group z-score [1,-1]. Row 1's last token is padding.
+# Two rows (G=2): rewards [1,0] -> batch z-score [1,-1] (population std .5).
+# Row 1's last token is padding.
 OLD = A([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
 REF = A([[-1.5, -2.0, -1.0], [-1.0, -3.0, -1.0]])
 MASK = A([[1, 1, 1], [1, 1, 0]])
@@ -88,7 +151,8 @@ def test_reinforce_pp_whitens_over_valid_tokens():
 def test_kl_loss_mode_leaves_advantage_per_sequence():
     for mode in ("loss", "none"):
         got = losses.compute_advantages("grpo", A([1, 0]), 2, None, None, MASK, kl_mode=mode)
-        close(got, [[1, 1, 1], [-1, -1, 0]])
+        s = 0.7071068  # +-.5 over the sample std of [1, 0]
+        close(got, [[s, s, s], [-s, -s, 0]])
     with pytest.raises(ValueError):
         losses.compute_advantages("reinforce", A([1, 0]), 2, None, None, MASK)
     with pytest.raises(ValueError):

@@ -126,12 +126,30 @@ def test_soft_binary_normalized_formulas(tiny):
     no = rigged(others[1:3], [greedy, others[0]])  # ... a NO spelling
     neither = rigged(others[:2], others[2:4])
     assert (yes.verdict[0], no.verdict[0], neither.verdict[0]) == (1, 0, -1)
+    # Three-valued: a first token that is neither spelling is reported as NEITHER, not as NO.
+    labels = [W.verdict_label(r.verdict[0]) for r in (yes, no, neither)]
+    assert labels == ["YES", "NO", "NEITHER"]
+    assert W.neither_rate(np.array([yes.verdict[0], no.verdict[0], neither.verdict[0]])) == 1 / 3
     assert (yes.binary[0], no.binary[0], neither.binary[0]) == (1.0, 0.0, 0.0)
     assert yes.soft[0] == pytest.approx(yes.p_yes[0], abs=1e-7)
     assert no.soft[0] == pytest.approx(1.0 - no.p_no[0], abs=1e-7)
     assert neither.soft[0] == 0.0 and 0 < neither.p_yes[0] < 1
     for r in (yes, no, neither):
         assert r.soft_normalized[0] == pytest.approx(r.p_yes[0] / (r.p_yes[0] + r.p_no[0]), 1e-5)
+
+
+def test_reward_runner_reports_the_verdict_for_neither_rate(tiny):
+    """The trainer logs judge/neither_rate from RewardRunner.score's judge_verdict column."""
+    from rlvr_jax import builders, data
+
+    _, judge = tiny
+    rows = [data.Example(str(i), q, (), a, "s", "STEM") for i, (q, _, a) in
+            enumerate(ROWS)]  # fmt: skip
+    out = builders.RewardRunner("soft", judge).score(rows, [r for _, r, _ in ROWS])
+    want = judge.score(*zip(*ROWS, strict=True))
+    np.testing.assert_array_equal(out["judge_verdict"], want.verdict)
+    assert W.neither_rate(out["judge_verdict"]) == np.mean(want.verdict == -1)
+    np.testing.assert_array_equal(out["soft"][out["judge_verdict"] == -1], 0.0)
 
 
 def test_yes_bias_is_a_logit_offset_on_the_yes_spellings(tiny, tmp_path):

@@ -112,8 +112,14 @@ def test_score_fields_empty_response_and_order(model_dir, tmp_path):
     assert [r["question"] for r in got] == [r["question"] for r in rows]
     assert got[0]["subject"] == "m"
     for r in got:
-        assert r["verdict"] in ("YES", "NO") and 0 <= r["p_yes"] <= 1 and 0 <= r["p_no"] <= 1
+        assert (
+            r["verdict"] in ("YES", "NO", "NEITHER")
+            and 0 <= r["p_yes"] <= 1
+            and 0 <= r["p_no"] <= 1
+        )
         assert 0 <= r["soft"] <= 1 and r["binary"] == int(r["verdict"] == "YES")
+        if r["verdict"] == "NEITHER":  # Eq. 4: soft 0 when the first token is neither spelling
+            assert r["soft"] == 0
     assert got[0]["rule_binary"] == 1 and got[0]["rule_jaccard"] == pytest.approx(1 / 4)
     assert got[0]["rule_math"] == 1
     assert got[1]["soft"] == 0 and got[1]["binary"] == 0 and got[1]["soft_normalized"] == 0

@@ -72,6 +72,24 @@ def test_compile_meter_counts_programs_built():
     assert meter.take()["time/compiles"] == 0  # closed: no longer listening
 
 
+def test_minibatch_schedule_steps_clip_and_lr(tmp_path):
+    """train_batch 32 of a 128-sample rollout: 4 optimizer steps per RL step, each against the
+    rollout's log-probs (the clip acts once the policy moved), and the LR schedule spans every
+    optimizer step of the run (2 RL steps x 4 = 8), not the RL steps."""
+    from rlvr_jax import update
+
+    cfg = _cfg("grpo", rl__train_batch=32, train__steps=2, optim__min_lr_ratio=0.1)
+    recs = train.train(cfg, tmp_path)
+    assert [r["train/opt_steps"] for r in recs] == [4, 4]
+    assert [r["train/opt_step_total"] for r in recs] == [4, 8]
+    assert all(r["train/clip_frac_max"] > 0 and r["train/approx_kl_max"] > 0 for r in recs)
+    assert all(r["train/logp_drift"] <= 1e-4 for r in recs)  # the first step: policy unmoved
+    sched = update.make_schedule(cfg.optim, 8)
+    for i, r in enumerate(recs):
+        want = np.mean([float(sched(4 * i + j)) for j in range(4)])
+        assert r["train/lr"] == pytest.approx(want, rel=1e-5)
+
+
 def _run_cli(workdir: Path, steps: int) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -82,6 +100,8 @@ def _run_cli(workdir: Path, steps: int) -> subprocess.Popen:
         f"--config.train.steps={steps}",
         "--config.train.ckpt_every=2",
         "--config.train.tensorboard=False",
+        # 4 shuffled optimizer steps per rollout: resume must restore the run mid-schedule.
+        "--config.rl.train_batch=32",
         f"--workdir={workdir}",
     ]
     return subprocess.Popen(

@@ -11,13 +11,14 @@ statements, else its first and last complete sentences; rlvr_jax/answers.py), or
 last_line its last non-empty line: by default the prompt settings stored with
 the judge (MODEL_DIR/judge.json, written by `rlvr_jax.distill`: the prompts it was trained on),
 else the paper's verifier prompt (see rlvr_jax/reward.py).
-Output rows add `p_yes`, `p_no`, `verdict` ("YES" if the judge's greedy first token is a YES
-spelling, else "NO"), `verdict_token` (that token's text), `soft` (paper Eq. 4), `soft_normalized`
+Output rows add `p_yes`, `p_no`, `verdict` ("YES" or "NO" when the judge's greedy first token is
+a YES or NO spelling, "NEITHER" when it is any other token; "NO" when the response commits to
+nothing), `verdict_token` (that token's text), `soft` (paper Eq. 4), `soft_normalized`
 (p_yes / (p_yes + p_no)), `binary`, `rule_binary` (reference occurs in the response),
 `rule_jaccard` (word overlap with the last line), `no_answer` (1: the response commits to
-nothing; every judge reward is 0 and the verdict NO), `judge_view` (what the judge read) and,
-with --math, `rule_math` (math-verify). Judge prompts over budget are cut by rlvr_jax.reward's
-rule; the counts are printed.
+nothing; every judge reward is 0), `judge_view` (what the judge read) and, with --math,
+`rule_math` (math-verify). Judge prompts over budget are cut by rlvr_jax.reward's rule; the
+counts are printed.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 **row,
                 "p_yes": float(res.p_yes[i]),
                 "p_no": float(res.p_no[i]),
-                "verdict": "YES" if res.verdict[i] == 1 else "NO",
+                "verdict": W.verdict_label(res.verdict[i]),
                 "verdict_token": m.tokenizer.decode([int(res.greedy[i])]),
                 "soft": float(res.soft[i]),
                 "soft_normalized": float(res.soft_normalized[i]),
@@ -159,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
             f"{cuts[1]} response lines cut, {cuts[2]} cut to the prompt's tail",
             file=sys.stderr,
         )
-    print(f"wrote {len(rows)} rows to {args.out} ({int(res.empty.sum())} with no answer)",
+    print(f"wrote {len(rows)} rows to {args.out} ({int(res.empty.sum())} with no answer, "
+          f"verdict NEITHER on {100 * W.neither_rate(res.verdict):.1f}%)",
           file=sys.stderr)  # fmt: skip
     return 0
 
