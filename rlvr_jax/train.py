@@ -26,6 +26,7 @@ from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, up
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
+from rlvr_jax.hooks import HookContext, Hooks
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
 from rlvr_jax.rollout import generate
 
@@ -347,6 +348,7 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
         writer.truncate_after(first)
         print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
     steps, records = int(cfg.train.steps), []
+    hooks = default_hooks(run, writer, records)
     bar = tqdm(
         range(first, steps),
         initial=first,
@@ -366,24 +368,10 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
             # the freed heap grows it, at ~10 us of kernel time per 4 KiB page).
             met["time/page_faults"] = page_faults() - faults0
             met.update(compiles.take())
-            done = step + 1
-            if int(cfg.train.eval_every) and done % int(cfg.train.eval_every) == 0:
-                met.update(evaluate_greedy(run, state))
-            if done == steps:
-                met.update(evaluate_greedy(run, state))
-            records.append(writer.write(done, met))
+            hooks.run(HookContext(step + 1, state, met, step + 1 == steps))
             bar.set_postfix(
                 reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}"
             )
-            streak = int(met["train/nonfinite_streak"])
-            if done % int(cfg.train.ckpt_every) == 0 or done == steps or streak:
-                save_checkpoint(run, state, done)
-            if streak >= int(cfg.train.max_nonfinite):
-                raise RunStopped(
-                    f"{streak} non-finite updates in a row at step {done} (loss or gradient "
-                    f"NaN/Inf); checkpoint saved in {_ckpt_dir(workdir)}. Lower optim.lr or "
-                    "check the rewards."
-                )
             if stop_after is not None and len(records) >= stop_after:
                 return records
     finally:
@@ -391,6 +379,41 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
         compiles.close()
     finish(run, state)
     return records
+
+
+def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks:
+    """The run's hooks, in order: evaluation adds to the step's metrics, which are then written;
+    the checkpoint comes before the non-finite stop, so a stopped run can be resumed."""
+    cfg = run.cfg
+    ckpt_every = int(cfg.train.ckpt_every)
+    hooks = Hooks()
+    hooks.add(
+        lambda c: c.metrics.update(evaluate_greedy(run, c.state)),
+        every=int(cfg.train.eval_every),
+        at_end=True,
+        name="evaluate",
+    )
+    hooks.add(lambda c: records.append(writer.write(c.step, c.metrics)), every=1, name="metrics")
+    ckpt = hooks.add(
+        lambda c: save_checkpoint(run, c.state, c.step),
+        every=ckpt_every,
+        at_end=True,
+        name="checkpoint",
+    )
+
+    def nonfinite_stop(c: HookContext) -> None:
+        streak = int(c.metrics["train/nonfinite_streak"])
+        if streak and not ckpt.due(c):  # a skipped update: keep a restart point at this step
+            save_checkpoint(run, c.state, c.step)
+        if streak >= int(cfg.train.max_nonfinite):
+            raise RunStopped(
+                f"{streak} non-finite updates in a row at step {c.step} (loss or gradient "
+                f"NaN/Inf); checkpoint saved in {_ckpt_dir(run.workdir)}. Lower optim.lr or "
+                "check the rewards."
+            )
+
+    hooks.add(nonfinite_stop, every=1, name="nonfinite_stop")
+    return hooks
 
 
 def finish(run: Run, state: update.TrainState) -> None:
