@@ -228,5 +228,6 @@ class RewardRunner:
             for name in JUDGE_REWARDS:
                 out[name] = np.asarray(getattr(res, name), np.float32)
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
+            out["judge_neither"] = np.asarray(res.verdict == -1, np.float32)  # a guard's input
             out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
         return out

@@ -22,7 +22,17 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
+from rlvr_jax import (
+    builders,
+    checkpoint,
+    data,
+    guards,
+    heldout,
+    host_memory,
+    losses,
+    memory,
+    update,
+)
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
@@ -126,7 +136,7 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     train_ex, dropped = data.drop_long_prompts(
         train.examples, policy.tokenizer, int(cfg.rollout.max_prompt_len), str(cfg.data.bad_rows)
     )
-    test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts)]
+    test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts) or None]
     b = int(cfg.rollout.prompts_per_step)
     train_it = data.BatchIterator(
         train_ex, b, int(cfg.seed), jax.process_index(), jax.process_count()
@@ -272,6 +282,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     out["rollout/response_len"] = float(mf.sum(1).mean())
     out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
+    out.update(guards.step_metrics(run.rewards, examples, scores, cfg.train.guards.probes))
     seq_tok = float(np.asarray(attn).sum())  # prompt + completion tokens a forward pass reads
     n_epochs = int(cfg.rl.ppo_epochs)
     for name, secs, toks_done in (
@@ -285,29 +296,6 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
             unit = "rows" if name == "judge" else "tokens"
             out[f"time/{name}_{unit}_per_s"] = toks_done / secs
     return state, out
-
-
-def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
-    """Mean reward of greedy answers to the held-out prompts."""
-    if not run.test_examples:
-        return {}
-    tok = run.policy.tokenizer
-    ids, pmask = _prompts(run, run.test_examples)
-    ro = generate(
-        run.policy.graphdef,
-        run.sample_params(state.params),
-        ids,
-        pmask,
-        jax.random.PRNGKey(0),
-        builders.sampling_config(run.cfg, greedy=True),
-        1,
-        stop_ids=tok.stop_ids,
-        pad_id=tok.pad_id,
-    )
-    toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
-    responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
-    scores = run.rewards.score(run.test_examples, responses)
-    return {f"eval/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -345,10 +333,16 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
     first = latest_checkpoint(workdir) or 0
     if first:
         state = restore_checkpoint(run, state, first)
-        writer.truncate_after(first)
         print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
+    # Rows written after the restored step (or any row, when no checkpoint was reached) are
+    # dropped, so that the file reads like an uninterrupted run's; the step-0 row survives a
+    # resume from a checkpoint and is not computed again.
+    writer.truncate_after(first if first else -1)
+    heldout.drop_after(workdir, first if first else -1)
     steps, records = int(cfg.train.steps), []
     hooks = default_hooks(run, writer, records)
+    if not first:
+        hooks.run(HookContext(0, state, {}, steps == 0))
     bar = tqdm(
         range(first, steps),
         initial=first,
@@ -387,13 +381,25 @@ def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks
     cfg = run.cfg
     ckpt_every = int(cfg.train.ckpt_every)
     hooks = Hooks()
+    evals = heldout.eval_rewards(cfg, run.mesh, run.policy, run.rewards)
+    held = heldout.HeldOutEval(
+        cfg, run.mesh, run.policy, run.test_examples, run.rewards, evals, run.workdir
+    )
     hooks.add(
-        lambda c: c.metrics.update(evaluate_greedy(run, c.state)),
+        lambda c: c.metrics.update(held(run.sample_params(c.state.params), c.step)),
         every=int(cfg.train.eval_every),
+        at_start=True,
         at_end=True,
         name="evaluate",
     )
-    hooks.add(lambda c: records.append(writer.write(c.step, c.metrics)), every=1, name="metrics")
+
+    def write_metrics(c: HookContext) -> None:
+        rec = writer.write(c.step, c.metrics)
+        if c.step:  # the returned records are this call's steps; step 0 is evaluation only
+            records.append(rec)
+
+    guard = hooks.add(guards.GuardHook(cfg, run.workdir), every=1, name="guards").fn
+    hooks.add(write_metrics, every=1, at_start=True, name="metrics")
     ckpt = hooks.add(
         lambda c: save_checkpoint(run, c.state, c.step),
         every=ckpt_every,
@@ -401,9 +407,10 @@ def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks
         name="checkpoint",
     )
 
-    def nonfinite_stop(c: HookContext) -> None:
+    def stop_conditions(c: HookContext) -> None:
         streak = int(c.metrics["train/nonfinite_streak"])
-        if streak and not ckpt.due(c):  # a skipped update: keep a restart point at this step
+        stop_guard = guard.should_stop()
+        if (streak or stop_guard) and not ckpt.due(c):  # keep a restart point at this step
             save_checkpoint(run, c.state, c.step)
         if streak >= int(cfg.train.max_nonfinite):
             raise RunStopped(
@@ -411,13 +418,19 @@ def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks
                 f"NaN/Inf); checkpoint saved in {_ckpt_dir(run.workdir)}. Lower optim.lr or "
                 "check the rewards."
             )
+        if stop_guard:
+            raise RunStopped(
+                f"reward-hacking guard crossed at step {c.step} ({'; '.join(guard.crossed)}) "
+                f"and train.guards.stop is set; checkpoint saved in {_ckpt_dir(run.workdir)}"
+            )
 
-    hooks.add(nonfinite_stop, every=1, name="nonfinite_stop")
+    hooks.add(stop_conditions, every=1, name="stop_conditions")
     return hooks
 
 
 def finish(run: Run, state: update.TrainState) -> None:
-    """End of run: HF export of the policy and the curves plot."""
+    """End of run: HF export of the policy, the curves plot, and the held-out summary line (also
+    in WORKDIR/summary.json)."""
     if run.cfg.train.export_hf and jax.process_index() == 0:
         from rlvr_jax.models import hf_io
 
@@ -431,6 +444,11 @@ def finish(run: Run, state: update.TrainState) -> None:
     if (run.workdir / "metrics.jsonl").exists():
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
+    if jax.process_index() == 0:
+        judge = str(run.cfg.judge.eval_model) or str(run.cfg.judge.model) or "rule"
+        summary = heldout.summarize(run.workdir, judge)
+        if summary is not None:
+            print(f"rlvr_jax: {summary['line']}", flush=True)
 
 
 def main(argv: list[str]) -> None:
