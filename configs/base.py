@@ -82,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 20
+    c.train.mode = "rl"  # "sft": the SFT baseline on the references (rlvr_jax/sft_baseline.py)
+    c.train.sft_target = "Therefore, the answer is {}."  # SFT completion, in the prompt's format
     c.train.ckpt_every = 5
     c.train.keep_ckpts = 2
     c.train.eval_every = 0  # held-out evaluation at step 0, every k steps (0: none) and the end

@@ -31,6 +31,7 @@ from rlvr_jax import (
     host_memory,
     losses,
     memory,
+    sft_baseline,
     update,
 )
 from rlvr_jax import mesh as mesh_lib
@@ -341,6 +342,7 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
     heldout.drop_after(workdir, first if first else -1)
     steps, records = int(cfg.train.steps), []
     hooks = default_hooks(run, writer, records)
+    step_fn = sft_baseline.sft_step if str(cfg.train.mode) == "sft" else rl_step
     if not first:
         hooks.run(HookContext(0, state, {}, steps == 0))
     bar = tqdm(
@@ -356,7 +358,7 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
         for step in bar:
             t0, faults0 = time.perf_counter(), page_faults()
             compiles.take()
-            state, met = rl_step(run, state, step)
+            state, met = step_fn(run, state, step)
             met["time/step_s"] = time.perf_counter() - t0
             # Pages the step took fresh from the system (a step whose buffers no longer fit in
             # the freed heap grows it, at ~10 us of kernel time per 4 KiB page).
@@ -364,7 +366,8 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
             met.update(compiles.take())
             hooks.run(HookContext(step + 1, state, met, step + 1 == steps))
             bar.set_postfix(
-                reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}"
+                reward=f"{met.get('reward/raw_mean', float('nan')):.3f}",
+                s_per_step=f"{met['time/step_s']:.1f}",
             )
             if stop_after is not None and len(records) >= stop_after:
                 return records
