@@ -74,6 +74,7 @@ def run_sweep(exp: Any, sweep: str | Path, stop_after: int | None = None) -> dic
                 train.train(cell_config(exp, cell, seed), wd)
             except Exception as e:  # a failed cell is reported; the other cells still run
                 failed[tag] = f"{type(e).__name__}: {e}"
+                wd.mkdir(parents=True, exist_ok=True)
                 (wd / "error.txt").write_text(traceback.format_exc())
                 print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
                 continue

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ class HeldOutEval:
         exs = self.examples
         if not exs:
             return {}
+        t0 = time.perf_counter()
         comps = self._answers(params, exs, self.cfg, greedy=True)
         responses = [c.text for c in comps]
         ev = self._score(self.evals, exs, responses)
@@ -132,6 +134,7 @@ class HeldOutEval:
         if self.workdir is not None and jax.process_index() == 0:
             text = "".join(json.dumps(r) + "\n" for r in rows)
             _write_atomic(rows_path(self.workdir, step), text)
+        m["time/eval_s"] = time.perf_counter() - t0
         return m
 
     def _sampled(self, params: Any, step: int, rows: list[dict]) -> dict[str, float]:
