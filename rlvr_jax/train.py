@@ -65,6 +65,7 @@ class Run:
     train_step: Any
     ref_logprobs: Any
     step_cfg: update.StepConfig
+    evals: RewardRunner | None = None  # the held-out evaluation's judge (heldout.eval_rewards)
 
     def sample_params(self, params: Any) -> Any:
         """Params in the sampling layout: whole over fsdp (decode would otherwise all-gather every
@@ -170,18 +171,20 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
         update.make_schedule(cfg.optim, steps),
         state_shardings=state_shardings,
     )
+    rewards = RewardRunner.from_config(cfg, mesh, policy)
     run = Run(
         cfg=cfg,
         workdir=workdir,
         mesh=mesh,
         policy=policy,
         ref_params=ref_params,
-        rewards=RewardRunner.from_config(cfg, mesh, policy),
+        rewards=rewards,
         train_it=train_it,
         test_examples=test_ex,
         train_step=train_step,
         ref_logprobs=update.make_ref_logprobs(policy.graphdef),
         step_cfg=step_cfg,
+        evals=heldout.eval_rewards(cfg, mesh, policy, rewards),
     )
     return run, state
 
@@ -384,9 +387,8 @@ def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks
     cfg = run.cfg
     ckpt_every = int(cfg.train.ckpt_every)
     hooks = Hooks()
-    evals = heldout.eval_rewards(cfg, run.mesh, run.policy, run.rewards)
     held = heldout.HeldOutEval(
-        cfg, run.mesh, run.policy, run.test_examples, run.rewards, evals, run.workdir
+        cfg, run.mesh, run.policy, run.test_examples, run.rewards, run.evals, run.workdir
     )
     hooks.add(
         lambda c: c.metrics.update(held(run.sample_params(c.state.params), c.step)),
