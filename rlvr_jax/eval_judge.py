@@ -72,7 +72,7 @@ def quality_report(eval_dir: Path, reward_dir: Path, cfg: Any) -> dict:
         "reward_judge": _judge_scores(Path(reward_dir), rows),
     }
     rep = compare_scorers(rows, scores)
-    rep.update(eval_judge=str(eval_dir), reward_judge=str(reward_dir), questions=len(held))
+    rep.update(eval_judge_dir=str(eval_dir), reward_judge_dir=str(reward_dir), questions=len(held))
     tmp = Path(eval_dir) / "quality.json.tmp"
     tmp.write_text(json.dumps(rep, indent=2, default=float) + "\n")
     tmp.replace(Path(eval_dir) / "quality.json")
