@@ -162,3 +162,33 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     assert cell["accuracy"]["all"]["after"]["mean"] == pytest.approx(recs[-1]["eval/accuracy"])
     assert "rloo_rule_binary" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_judge_comparison_report():
+    """compare_scorers: a judge that follows the labels beats the rules and a random judge, and
+    kappa between the two judges is the one agreement.cohen_kappa gives."""
+    from rlvr_jax import agreement, probes
+    from rlvr_jax.data import example_from_row
+    from rlvr_jax.eval_judge import compare_scorers, summary_lines
+
+    rows = [
+        # Rephrasings share no word with the reference: the rules cannot tell them correct.
+        {"query": [{"role": "user", "content": f"Question {i}?"}], "label": f"alpha{i}",
+         "subject": "economics", "rephrasings": [f"beta{i}"], "distractors": [f"gamma{i}"]}
+        for i in range(8)
+    ]  # fmt: skip
+    exs = [example_from_row(r, f"row {i}", None) for i, r in enumerate(rows)]
+    judged = probes.answer_rows(exs) + probes.probe_rows(exs, ["colon"])
+    y = np.array([r["label"] == "YES" for r in judged], float)
+    rng = np.random.default_rng(0)
+    good = dict(p_yes=0.1 + 0.8 * y, p_no=0.9 - 0.8 * y, binary=y.astype(int), soft=0.1 + 0.8 * y)
+    u = rng.random(len(y))
+    noisy = dict(p_yes=u, p_no=1 - u, binary=(u > 0.5).astype(int), soft=u)
+    rep = compare_scorers(judged, {"evaluation_judge": good, "reward_judge": noisy})
+    assert rep["evaluation_judge"]["auc_answers"] == 1.0
+    assert rep["evaluation_judge"]["accuracy_answers"] == 1.0
+    assert rep["kappa_between_judges"] == agreement.cohen_kappa(good["binary"], noisy["binary"])
+    assert rep["auc_margin_over_best_rule"]["evaluation_judge"] > 0
+    lines = summary_lines(rep)
+    assert lines[0].startswith("evaluation_judge: accuracy 1.000, AUC 1.000")
+    assert lines[-1].startswith("Cohen's kappa, evaluation vs reward judge")
