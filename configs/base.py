@@ -33,6 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "auto": the prompt settings stored with the judge (judge.json, written by rlvr_jax.distill),
     # else "paper" (the released judge's prompt); "short": for small judges; or a format string.
     c.judge.template = "auto"
+    # The held-out evaluation's judge, independent of the reward's: "evaluation" (distilled with
+    # another seed and recipe, built on first use), "" (the reward judge) or a model directory.
+    c.judge.eval_model = "evaluation"
     c.judge.max_prompt_len = 512
     c.judge.batch_size = 16
 
@@ -91,10 +94,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 20
+    c.train.mode = "rl"  # "sft": the SFT baseline on the references (rlvr_jax/sft_baseline.py)
+    c.train.sft_target = "Therefore, the answer is {}."  # SFT completion, in the prompt's format
     c.train.ckpt_every = 5
     c.train.keep_ckpts = 2
-    c.train.eval_every = 0  # 0: only at the end
-    c.train.eval_prompts = 16
+    c.train.eval_every = 0  # held-out evaluation at step 0, every k steps (0: none) and the end
+    c.train.eval_prompts = 0  # held-out questions: the first K of the test split (0: all)
+    c.train.eval_samples = 1  # n > 1: also n sampled answers per question (mean@n, pass@k)
+    c.train.eval_batch = 16  # questions per generation batch (one compiled shape)
+    # Reward-hacking guards (rlvr_jax/guards.py): bounds that print a warning when crossed.
+    c.train.guards = ml_collections.ConfigDict()
+    c.train.guards.probes = ("thought_process", "colon", "step_by_step", "cut_therefore")
+    c.train.guards.max_probe_yes_rate = 0.2  # reward judge YES rate on content-free probes
+    c.train.guards.min_length_ratio = 0.25  # mean response length / its step-1 value
+    c.train.guards.max_neither_rate = 0.2  # verdicts neither YES nor NO
+    c.train.guards.max_truncation_rate = 1.0  # responses cut at max_new_tokens (1.0: never)
+    c.train.guards.stop = False  # stop the run (with a checkpoint) when a bound is crossed
     c.train.max_nonfinite = 5  # stop after this many non-finite updates in a row
     c.train.export_hf = True
     c.train.tensorboard = True

@@ -35,6 +35,7 @@ def get_config(arg: str | None = None):
         c.train.steps = 2
         c.train.ckpt_every = 1
         c.train.eval_prompts = 4
+        c.judge.eval_model = ""  # the reward judge evaluates: no second judge to build
     elif arg:
         raise ValueError(f"configs/econ.py: unknown variant {arg!r} (known: smoke)")
     return c

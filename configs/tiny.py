@@ -11,6 +11,7 @@ def get_config(arg: str | None = None):
     c.name = "tiny"
     c.policy.model = "synthetic"
     c.judge.model = ""  # no judge model: the rule reward checks the reference word
+    c.judge.eval_model = ""  # held-out answers are checked by the same rule
     c.judge.reward = "rule_binary"
     c.data.synthetic = "echo"
     c.data.train = ()

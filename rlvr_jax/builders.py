@@ -55,17 +55,25 @@ def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
     return LoadedModel(mcfg, graphdef, state, synthetic.make_tokenizer())
 
 
-def resolve_model_dir(spec: str) -> Path:
+def resolve_model_dir(spec: str, build: bool = True) -> Path:
     """A model spec -> its directory: "default" (embedded SmolLM2-135M-Instruct), "distilled"
-    (the default judge distilled by `rlvr_jax.distill`, produced when missing) or a path."""
+    (the default judge distilled by `rlvr_jax.distill`), "evaluation" (the held-out evaluation's
+    judge, distill.ensure_evaluation_judge) or a path. The named judges are produced when missing;
+    with build=False a missing one resolves to its student, the default model, which has its
+    architecture (memory planning needs shapes only and must not start a distillation)."""
+    if spec in ("distilled", "evaluation"):
+        from rlvr_jax import distill
+
+        if not build and not (distill.named_judge_dir(spec) / "config.json").is_file():
+            spec = "default"
+        elif spec == "distilled":
+            return distill.ensure_default_judge()
+        else:
+            return distill.ensure_evaluation_judge()
     if spec == "default":
         from rlvr_jax.models.default import default_model_dir
 
         return default_model_dir()
-    if spec == "distilled":
-        from rlvr_jax.distill import ensure_default_judge
-
-        return ensure_default_judge()
     return Path(spec)
 
 
@@ -92,11 +100,15 @@ def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
     if cfg.policy.model == "synthetic":
         policy = synthetic_config(cfg)
     else:
-        policy = load_config(resolve_model_dir(cfg.policy.model))
+        policy = load_config(resolve_model_dir(cfg.policy.model, build=False))
         policy = policy.replace(dtype=str(cfg.policy.dtype))
     spec = str(cfg.judge.model)
     judge = (
-        None if not spec else policy if spec == "policy" else load_config(resolve_model_dir(spec))
+        None
+        if not spec
+        else policy
+        if spec == "policy"
+        else load_config(resolve_model_dir(spec, build=False))
     )
     return policy, judge
 

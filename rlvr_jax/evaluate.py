@@ -48,7 +48,7 @@ from rlvr_jax.models.default import DefaultModelError
 from rlvr_jax.rollout import SamplingConfig, completions_from, generate
 
 # Specs that are not directories: resolved by builders (or handled by RewardRunner).
-_NAMED_MODELS = ("default", "distilled", "synthetic", "policy", "")
+_NAMED_MODELS = ("default", "distilled", "evaluation", "synthetic", "policy", "")
 
 
 class EvalError(ValueError):
@@ -278,8 +278,16 @@ def evaluate(
     cfg = cfg.copy_and_resolve_references()
     if model is not None:
         cfg.policy.model = model
+    # The evaluation judge scores by default; the reward judge's figures then sit beside its own.
+    reward_cfg = cfg.copy_and_resolve_references()
+    if judge is None and str(cfg.judge.eval_model):
+        judge = str(cfg.judge.eval_model)
+    compare = judge == "evaluation" or (judge is not None and judge == str(cfg.judge.eval_model))
+    compare = compare and str(reward_cfg.judge.model) not in ("", judge)
     if judge is not None:
         cfg.judge.model = judge
+        if compare:
+            cfg.judge.template = "auto"  # the evaluation judge's own prompt settings
     _check_model_spec(str(cfg.policy.model), "--model")
     _check_model_spec(str(cfg.judge.model), "--judge")
     has_judge = bool(str(cfg.judge.model))
@@ -310,6 +318,11 @@ def evaluate(
         scores = _score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
     vote_key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003)
     judged = _judged(scores, responses, votes, vote_key) if has_judge else {}
+    if compare:  # the reward judge on the same answers
+        reward_runner = builders.RewardRunner.from_config(reward_cfg, mesh, policy)
+        with tqdm(total=len(examples), desc="reward judge", unit="row", **bar_kw) as bar:
+            rs = _score_rows(reward_runner, qa, responses, chunk, bar)
+        scores["reward_judge_binary"], scores["reward_judge_soft"] = rs["binary"], rs["soft"]
     t_judge = time.perf_counter()
 
     rows = []
@@ -327,10 +340,12 @@ def evaluate(
             )
             for k in ("soft", "soft_normalized", "judge_p_yes"):
                 row[k] = _f(scores[k][i])
-        for k in rewards.rules:
-            row[k] = _f(scores[k][i])
+        for k in (*rewards.rules, "reward_judge_binary", "reward_judge_soft"):
+            if k in scores:
+                row[k] = _f(scores[k][i])
         rows.append(row)
-    keys = [k for k in ("binary", "soft", "rule_binary", "rule_jaccard") if k in rows[0]]
+    names = ("binary", "soft", "reward_judge_binary", "reward_judge_soft", "rule_binary")
+    keys = [k for k in (*names, "rule_jaccard") if k in rows[0]]
     acc = agreement.accuracy_by_group(rows, keys)
 
     probe_res, probe_out = None, []
@@ -345,6 +360,7 @@ def evaluate(
         "split": split,
         "model": str(cfg.policy.model),
         "judge": str(cfg.judge.model) or None,
+        "reward_judge": str(reward_cfg.judge.model) if compare else None,
         "judge_template": str(cfg.judge.template) if has_judge else None,
         "n_questions": len(examples),
         "data_source": report.source,
@@ -408,7 +424,12 @@ def define_flags() -> dict[str, Any]:
     return {
         "config": config_flags.DEFINE_config_file("config", None, "Run config (a Python file)."),
         "model": flags.DEFINE_string("model", None, 'Policy model directory or "default".'),
-        "judge": flags.DEFINE_string("judge", None, "Judge model dir (overrides judge.model)."),
+        "judge": flags.DEFINE_string(
+            "judge",
+            None,
+            'Judge: a model dir, "evaluation" or "distilled" (default: '
+            "judge.eval_model, else judge.model); the reward judge's figures sit beside it.",
+        ),
         "split": flags.DEFINE_string("split", "test", "Data split to evaluate."),
         "votes": flags.DEFINE_integer("votes", 1, "Judge votes per response (majority)."),
         "limit": flags.DEFINE_integer("limit", None, "Evaluate only the first K questions."),

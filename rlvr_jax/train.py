@@ -22,10 +22,23 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, minibatch, update
+from rlvr_jax import (
+    builders,
+    checkpoint,
+    data,
+    guards,
+    heldout,
+    host_memory,
+    losses,
+    memory,
+    minibatch,
+    sft_baseline,
+    update,
+)
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
+from rlvr_jax.hooks import HookContext, Hooks
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
 from rlvr_jax.reward import neither_rate
 from rlvr_jax.rollout import generate
@@ -55,6 +68,7 @@ class Run:
     ref_logprobs: Any
     step_cfg: update.StepConfig
     train_batch: int  # rollout rows per optimizer step
+    evals: RewardRunner | None = None  # the held-out evaluation's judge (heldout.eval_rewards)
 
     def sample_params(self, params: Any) -> Any:
         """Params in the sampling layout: whole over fsdp (decode would otherwise all-gather every
@@ -128,7 +142,7 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     train_ex, dropped = data.drop_long_prompts(
         train.examples, policy.tokenizer, int(cfg.rollout.max_prompt_len), str(cfg.data.bad_rows)
     )
-    test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts)]
+    test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts) or None]
     b = int(cfg.rollout.prompts_per_step)
     train_it = data.BatchIterator(
         train_ex, b, int(cfg.seed), jax.process_index(), jax.process_count()
@@ -166,19 +180,21 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
         update.make_schedule(cfg.optim, steps),
         state_shardings=state_shardings,
     )
+    rewards = RewardRunner.from_config(cfg, mesh, policy)
     run = Run(
         cfg=cfg,
         workdir=workdir,
         mesh=mesh,
         policy=policy,
         ref_params=ref_params,
-        rewards=RewardRunner.from_config(cfg, mesh, policy),
+        rewards=rewards,
         train_it=train_it,
         test_examples=test_ex,
         train_step=train_step,
         ref_logprobs=update.make_ref_logprobs(policy.graphdef),
         step_cfg=step_cfg,
         train_batch=train_batch,
+        evals=heldout.eval_rewards(cfg, mesh, policy, rewards),
     )
     return run, state
 
@@ -285,6 +301,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     out["rollout/response_len"] = float(mf.sum(1).mean())
     out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
+    out.update(guards.step_metrics(run.rewards, examples, cfg.train.guards.probes))
     seq_tok = float(np.asarray(attn).sum())  # prompt + completion tokens a forward pass reads
     for name, secs, toks_done in (
         ("rollout", t_roll, n_tok),
@@ -297,36 +314,6 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
             unit = "rows" if name == "judge" else "tokens"
             out[f"time/{name}_{unit}_per_s"] = toks_done / secs
     return state, out
-
-
-def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
-    """Mean reward of greedy answers to the held-out prompts."""
-    if not run.test_examples:
-        return {}
-    tok = run.policy.tokenizer
-    ids, pmask = _prompts(run, run.test_examples)
-    ro = generate(
-        run.policy.graphdef,
-        run.sample_params(state.params),
-        ids,
-        pmask,
-        jax.random.PRNGKey(0),
-        builders.sampling_config(run.cfg, greedy=True),
-        1,
-        stop_ids=tok.stop_ids,
-        pad_id=tok.pad_id,
-    )
-    toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
-    responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
-    scores = run.rewards.score(run.test_examples, responses, ~np.asarray(ro.stopped))
-    out = {
-        f"eval/{k}": float(np.mean(v))
-        for k, v in scores.items()
-        if k not in ("judge_truncated", "judge_verdict")
-    }
-    if "judge_verdict" in scores:
-        out["eval/judge_neither_rate"] = neither_rate(scores["judge_verdict"])
-    return out
 
 
 # --------------------------------------------------------------------------- the loop
@@ -364,9 +351,17 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
     first = latest_checkpoint(workdir) or 0
     if first:
         state = restore_checkpoint(run, state, first)
-        writer.truncate_after(first)
         print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
+    # Rows written after the restored step (or any row, when no checkpoint was reached) are
+    # dropped, so that the file reads like an uninterrupted run's; the step-0 row survives a
+    # resume from a checkpoint and is not computed again.
+    writer.truncate_after(first if first else -1)
+    heldout.drop_after(workdir, first if first else -1)
     steps, records = int(cfg.train.steps), []
+    hooks = default_hooks(run, writer, records)
+    step_fn = sft_baseline.sft_step if str(cfg.train.mode) == "sft" else rl_step
+    if not first:
+        hooks.run(HookContext(0, state, {}, steps == 0))
     bar = tqdm(
         range(first, steps),
         initial=first,
@@ -380,30 +375,17 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
         for step in bar:
             t0, faults0 = time.perf_counter(), page_faults()
             compiles.take()
-            state, met = rl_step(run, state, step)
+            state, met = step_fn(run, state, step)
             met["time/step_s"] = time.perf_counter() - t0
             # Pages the step took fresh from the system (a step whose buffers no longer fit in
             # the freed heap grows it, at ~10 us of kernel time per 4 KiB page).
             met["time/page_faults"] = page_faults() - faults0
             met.update(compiles.take())
-            done = step + 1
-            if int(cfg.train.eval_every) and done % int(cfg.train.eval_every) == 0:
-                met.update(evaluate_greedy(run, state))
-            if done == steps:
-                met.update(evaluate_greedy(run, state))
-            records.append(writer.write(done, met))
+            hooks.run(HookContext(step + 1, state, met, step + 1 == steps))
             bar.set_postfix(
-                reward=f"{met['reward/raw_mean']:.3f}", s_per_step=f"{met['time/step_s']:.1f}"
+                reward=f"{met.get('reward/raw_mean', float('nan')):.3f}",
+                s_per_step=f"{met['time/step_s']:.1f}",
             )
-            streak = int(met["train/nonfinite_streak"])
-            if done % int(cfg.train.ckpt_every) == 0 or done == steps or streak:
-                save_checkpoint(run, state, done)
-            if streak >= int(cfg.train.max_nonfinite):
-                raise RunStopped(
-                    f"{streak} non-finite updates in a row at step {done} (loss or gradient "
-                    f"NaN/Inf); checkpoint saved in {_ckpt_dir(workdir)}. Lower optim.lr or "
-                    "check the rewards."
-                )
             if stop_after is not None and len(records) >= stop_after:
                 return records
     finally:
@@ -413,8 +395,61 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
     return records
 
 
+def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks:
+    """The run's hooks, in order: evaluation adds to the step's metrics, which are then written;
+    the checkpoint comes before the non-finite stop, so a stopped run can be resumed."""
+    cfg = run.cfg
+    ckpt_every = int(cfg.train.ckpt_every)
+    hooks = Hooks()
+    held = heldout.HeldOutEval(
+        cfg, run.mesh, run.policy, run.test_examples, run.rewards, run.evals, run.workdir
+    )
+    hooks.add(
+        lambda c: c.metrics.update(held(run.sample_params(c.state.params), c.step)),
+        every=int(cfg.train.eval_every),
+        at_start=True,
+        at_end=True,
+        name="evaluate",
+    )
+
+    def write_metrics(c: HookContext) -> None:
+        rec = writer.write(c.step, c.metrics)
+        if c.step:  # the returned records are this call's steps; step 0 is evaluation only
+            records.append(rec)
+
+    guard = hooks.add(guards.GuardHook(cfg, run.workdir), every=1, name="guards").fn
+    hooks.add(write_metrics, every=1, at_start=True, name="metrics")
+    ckpt = hooks.add(
+        lambda c: save_checkpoint(run, c.state, c.step),
+        every=ckpt_every,
+        at_end=True,
+        name="checkpoint",
+    )
+
+    def stop_conditions(c: HookContext) -> None:
+        streak = int(c.metrics["train/nonfinite_streak"])
+        stop_guard = guard.should_stop()
+        if (streak or stop_guard) and not ckpt.due(c):  # keep a restart point at this step
+            save_checkpoint(run, c.state, c.step)
+        if streak >= int(cfg.train.max_nonfinite):
+            raise RunStopped(
+                f"{streak} non-finite updates in a row at step {c.step} (loss or gradient "
+                f"NaN/Inf); checkpoint saved in {_ckpt_dir(run.workdir)}. Lower optim.lr or "
+                "check the rewards."
+            )
+        if stop_guard:
+            raise RunStopped(
+                f"reward-hacking guard crossed at step {c.step} ({'; '.join(guard.crossed)}) "
+                f"and train.guards.stop is set; checkpoint saved in {_ckpt_dir(run.workdir)}"
+            )
+
+    hooks.add(stop_conditions, every=1, name="stop_conditions")
+    return hooks
+
+
 def finish(run: Run, state: update.TrainState) -> None:
-    """End of run: HF export of the policy and the curves plot."""
+    """End of run: HF export of the policy, the curves plot, and the held-out summary line (also
+    in WORKDIR/summary.json)."""
     if run.cfg.train.export_hf and jax.process_index() == 0:
         from rlvr_jax.models import hf_io
 
@@ -428,6 +463,11 @@ def finish(run: Run, state: update.TrainState) -> None:
     if (run.workdir / "metrics.jsonl").exists():
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
+    if jax.process_index() == 0:
+        judge = str(run.cfg.judge.eval_model) or str(run.cfg.judge.model) or "rule"
+        summary = heldout.summarize(run.workdir, judge)
+        if summary is not None:
+            print(f"rlvr_jax: {summary['line']}", flush=True)
 
 
 def main(argv: list[str]) -> None:

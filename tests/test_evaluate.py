@@ -266,3 +266,65 @@ def test_bad_arguments_fail_before_loading(data_file, tmp_path):
 
 def test_importable_beside_train():
     import rlvr_jax.train  # noqa: F401  (both define --config: evaluate must not at import)
+
+
+def test_training_evaluates_with_the_evaluation_judge(tiny_dir, data_file, tmp_path):
+    """A run whose evaluation judge is another model directory: eval/accuracy is that judge's
+    verdict on the greedy answers (rescored here), the reward judge's figures sit beside it, and
+    the judge guards are logged every step."""
+    import shutil
+
+    from rlvr_jax import heldout, train
+    from rlvr_jax.metrics import read_metrics
+
+    other = tmp_path / "eval_judge"
+    shutil.copytree(tiny_dir, other)
+    cfg = _cfg(data_file)
+    cfg.policy.model, cfg.judge.model, cfg.judge.eval_model = (
+        str(tiny_dir),
+        str(tiny_dir),
+        str(other),
+    )
+    cfg.data.train = (str(data_file),)
+    cfg.rollout.prompts_per_step, cfg.rollout.samples_per_prompt = 2, 2
+    cfg.optim.micro_batch, cfg.rl.beta = 4, 0.0
+    cfg.train.steps, cfg.train.ckpt_every, cfg.train.eval_batch = 1, 1, 4
+    cfg.train.export_hf = cfg.train.tensorboard = False
+    cfg.train.guards.probes = ("colon", "thought_process")
+    train.train(cfg, tmp_path / "w")
+    recs = read_metrics(tmp_path / "w" / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [0, 1]
+    for r in recs:
+        assert {"eval/accuracy", "eval/reward_judge/binary", "eval/rule_binary"} <= set(r)
+        assert r["eval/n"] == 7 and "eval/field/STEM" in r
+    assert {"guard/probe_yes_rate", "judge/neither_rate", "guard/length_ratio"} <= set(recs[1])
+    rows = heldout.read_rows(tmp_path / "w", 1)
+    m = load_model(other)
+    jcfg = W.judge_config_for(other, "auto", max_prompt_len=256, batch_size=4)
+    want = W.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(
+        [r["query"][0]["content"] for r in _rows()], [r["response"] for r in rows],
+        [r["label"] for r in _rows()],
+    )  # fmt: skip
+    assert [r["correct"] for r in rows] == want.binary.astype(float).tolist()
+    assert (tmp_path / "w" / "summary.json").is_file()
+
+
+def test_evaluate_defaults_to_the_evaluation_judge(tiny_dir, data_file, tmp_path):
+    """No --judge: judge.eval_model scores, and the reward judge's figures sit beside its own."""
+    import shutil
+
+    other = tmp_path / "eval_judge"
+    shutil.copytree(tiny_dir, other)
+    cfg = _cfg(data_file)
+    cfg.judge.model, cfg.judge.eval_model = str(tiny_dir), str(other)
+    res = E.evaluate(cfg, model=str(tiny_dir), limit=4, probe_kinds=(), quiet=True,
+                     out=tmp_path / "r.json")  # fmt: skip
+    assert res["judge"] == str(other) and res["reward_judge"] == str(tiny_dir)
+    assert res["judge_template"] == "auto"  # the evaluation judge's own prompt settings
+    rows = _jsonl(E.out_paths(tmp_path / "r.json")["generations"])
+    m = load_model(tiny_dir)
+    jcfg = W.JudgeConfig(template="short", max_prompt_len=256, batch_size=4)
+    cols = [[r[k] for r in rows] for k in ("question", "response", "reference")]
+    want = W.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(*cols)
+    assert [r["reward_judge_binary"] for r in rows] == want.binary.astype(float).tolist()
+    assert "reward_judge_binary" in res["table"]

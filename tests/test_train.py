@@ -121,7 +121,7 @@ def test_kill9_resume_equals_uninterrupted(tmp_path):
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline:  # kill -9 once step 5 is written (last checkpoint: step 4)
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 6:  # + the step-0 row
             break
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
@@ -132,7 +132,7 @@ def test_kill9_resume_equals_uninterrupted(tmp_path):
     assert "resumed" in err
     a = _strip_times(read_metrics(tmp_path / "ref" / "metrics.jsonl"))
     b = _strip_times(read_metrics(metrics))
-    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    assert [r["step"] for r in b] == list(range(0, steps + 1))  # step 0: evaluation only
     assert a == b  # exactly equal on CPU, every metric of every step
 
 
@@ -149,7 +149,7 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(train.losses, "compute_advantages", nan_after_two)
     with pytest.raises(train.RunStopped, match="3 non-finite updates in a row at step 5"):
         train.train(cfg, tmp_path)
-    recs = read_metrics(tmp_path / "metrics.jsonl")
+    recs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"]]  # updates only
     assert [r["train/nonfinite"] for r in recs] == [0, 0, 1, 1, 1]
     assert recs[-1]["train/nonfinite_total"] == 3
     assert train.latest_checkpoint(tmp_path) == 5  # the run stopped with a checkpoint
@@ -241,7 +241,7 @@ def test_mesh_run_equals_single_device(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    meshed = read_metrics(tmp_path / "mesh" / "metrics.jsonl")
+    meshed = [r for r in read_metrics(tmp_path / "mesh" / "metrics.jsonl") if r["step"]]
     for a, b in zip(single, meshed, strict=True):
         assert a["reward/raw_mean"] == b["reward/raw_mean"]  # identical samples
         for k in ("train/loss", "train/grad_norm", "train/entropy"):

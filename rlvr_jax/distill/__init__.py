@@ -11,18 +11,28 @@ batching), split_model (the split forward pass), cache (frozen activations), sft
 step), evaluation (held-out figures), teacher_judge (on-policy teacher), run (orchestration).
 
 `ensure_default_judge()` is the default judge's entry point for train/evaluate configs that say
-`judge.model = "distilled"`.
+`judge.model = "distilled"`; `ensure_evaluation_judge()` builds the held-out evaluation's judge
+(`judge.eval_model = "evaluation"`): the same kind of student, distilled with another seed by
+configs/judge_eval.py, which also trains on part of the test questions' labelled answers.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
 
 DEFAULT_JUDGE = "judge-econ-v7"  # bump when the recipe changes: a new name, never a stale judge
 CONFIG = "configs/judge_econ.py"
+EVALUATION_JUDGE = "judge-eval-v1"  # bump when configs/judge_eval.py changes
+EVALUATION_CONFIG = "configs/judge_eval.py"
+# Named judges: spec -> (cache name, config file).
+NAMED_JUDGES = {
+    "distilled": (DEFAULT_JUDGE, CONFIG),
+    "evaluation": (EVALUATION_JUDGE, EVALUATION_CONFIG),
+}
 
 
 def default_judge_dir() -> Path:
@@ -31,13 +41,20 @@ def default_judge_dir() -> Path:
     return cache_root() / DEFAULT_JUDGE
 
 
-def _load_config():
-    """configs/judge_econ.py's default config (the configs package sits at the repo root)."""
+def named_judge_dir(spec: str) -> Path:
+    """Where the named judge ("distilled" or "evaluation") is cached (it may not exist yet)."""
+    from rlvr_jax.models.default import cache_root
+
+    return cache_root() / NAMED_JUDGES[spec][0]
+
+
+def _load_config(config: str = CONFIG):
+    """A judge config file's default config (the configs package sits at the repo root)."""
     from rlvr_jax.distill.run import REPO_ROOT
 
-    path = REPO_ROOT / CONFIG
+    path = REPO_ROOT / config
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the default judge's config is missing")
+        raise FileNotFoundError(f"{path}: the judge's config is missing")
     sys.path.insert(0, str(REPO_ROOT))
     try:
         spec = importlib.util.spec_from_file_location("_judge_econ_config", path)
@@ -55,25 +72,43 @@ def ensure_default_judge(quiet: bool = False) -> Path:
     ~/.cache/rlvr_jax). Producing it runs the distillation of configs/judge_econ.py in a work
     directory beside it (resumable if interrupted) and moves the judge into place.
     """
-    target = default_judge_dir()
+    return _ensure("distilled", quiet)
+
+
+def ensure_evaluation_judge(quiet: bool = False) -> Path:
+    """The evaluation judge's model directory, distilled by configs/judge_eval.py (once, then
+    cached) when missing; its quality next to the reward judge's goes to quality.json in it
+    (`rlvr_jax.eval_judge.quality_report`)."""
+    target = _ensure("evaluation", quiet)
+    if not (target / "quality.json").is_file():
+        from rlvr_jax.eval_judge import quality_report
+
+        quality_report(target, ensure_default_judge(quiet), _load_config(EVALUATION_CONFIG))
+    return target
+
+
+def _ensure(spec: str, quiet: bool) -> Path:
+    target = named_judge_dir(spec)
+    config = NAMED_JUDGES[spec][1]
     if (target / "config.json").is_file():
         return target
     work = target.with_name(target.name + ".work")
     if not quiet:
         print(
-            f"rlvr_jax: the default judge is not distilled yet: running {CONFIG} once (about 16 "
+            f"rlvr_jax: the {spec} judge is not distilled yet: running {config} once (about 16 "
             f"minutes on 2 CPU cores; resumable) in {work}; it is cached in {target} afterwards",
             file=sys.stderr,
         )
     from rlvr_jax.distill.run import distill
 
-    distill(_load_config(), work)
+    results = distill(_load_config(config), work)
     try:
         (work / "judge").rename(target)
     except OSError:
         if not (target / "config.json").is_file():  # not a concurrent finisher: a real error
             raise
+    (target / "distill_results.json").write_text(json.dumps(results, indent=2, default=float))
     shutil.rmtree(work / "activations", ignore_errors=True)  # hundreds of MB, no longer needed
     if not quiet:
-        print(f"rlvr_jax: default judge ready in {target}", file=sys.stderr)
+        print(f"rlvr_jax: {spec} judge ready in {target}", file=sys.stderr)
     return target

@@ -62,6 +62,18 @@ def load_questions(
     )
     held = [ex for src in cfg.data.test for ex in load(src, "test", None)]
     held = held[: int(cfg.distill.heldout_questions) or None]
+    # distill.test_in_train = f: a share f of the held-out questions train (their labelled
+    # answers; an evaluation judge is given the reference anyway); the rest stay held out.
+    frac, own = float(cfg.distill.get("test_in_train", 0.0)), []
+    if not 0.0 <= frac < 1.0:
+        raise ValueError(f"config distill.test_in_train: {frac} is not in [0, 1)")
+    if frac > 0:
+        rng = np.random.default_rng([int(cfg.seed), 8])
+        pick = set(rng.choice(len(held), size=int(frac * len(held)), replace=False).tolist())
+        own, held = (
+            [ex for i, ex in enumerate(held) if i in pick],
+            [ex for i, ex in enumerate(held) if i not in pick],
+        )
     k_val, val_src = int(cfg.distill.val_questions), str(cfg.distill.val_source)
     if k_val > 0 and val_src not in tuple(cfg.data.train):
         raise ValueError(f"config distill.val_source: {val_src!r} is not one of data.train")
@@ -74,7 +86,7 @@ def load_questions(
             val += [ex for i, ex in enumerate(exs) if i in pick]
             exs = [ex for i, ex in enumerate(exs) if i not in pick]
         train += exs
-    return examples.drop_heldout(train, val), val, held
+    return examples.drop_heldout(train + own, val), val, held
 
 
 def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) -> list[dict]:

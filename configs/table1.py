@@ -1,0 +1,65 @@
+"""The paper's Table 1 at small scale: `python -m rlvr_jax.experiment --config configs/table1.py`.
+
+Rows: the base policy (every run's step-0 evaluation), SFT on the reference answers, and RL with
+each reward x algorithm, all with the same run config, budget and seeds. `cells` is a list, so a
+new reward kind is one more entry.
+Variants:
+- (none): CPU-sized. The default policy on the shipped economics questions (configs/econ.py)
+  with the distilled reward judge, evaluated by the evaluation judge on every test question.
+- `:smoke`: the tiny random policy on the synthetic echo task with the rule rewards; minutes.
+- `:accel`: accelerator-sized: more prompts, samples, tokens and steps, three seeds.
+"""
+
+import ml_collections
+
+from configs import econ, tiny
+
+ALGOS = ("reinforce", "rloo", "reinforce_pp")
+REWARDS = ("rule_binary", "rule_jaccard", "binary", "soft")
+# Reward kinds scored by the policy itself (another module provides them); one algorithm each.
+EXTRA_REWARDS = ("likelihood", "rlpr")
+
+
+def cells(rewards, algos, extra=()) -> list:
+    out = [dict(name="sft", kind="sft")]
+    out += [dict(name=f"{a}_{r}", kind="rl", reward=r, algo=a) for r in rewards for a in algos]
+    out += [dict(name=f"rloo_{r}", kind="rl", reward=r, algo="rloo") for r in extra]
+    return out
+
+
+def get_config(arg: str | None = None):
+    c = ml_collections.ConfigDict()
+    c.name = "table1"
+    c.sweep_dir = "~/runs/table1"  # --workdir overrides
+    c.seeds = (0, 1)
+    if arg in (None, "accel"):
+        run = econ.get_config()
+        run.train.steps = 10
+        run.train.eval_every = 5
+        run.train.ckpt_every = 5
+        run.train.export_hf = False
+        run.train.tensorboard = False
+        c.cells = cells(REWARDS, ALGOS, EXTRA_REWARDS)
+        if arg == "accel":
+            c.name, c.sweep_dir, c.seeds = "table1_accel", "~/runs/table1_accel", (0, 1, 2)
+            run.rollout.prompts_per_step = 32
+            run.rollout.samples_per_prompt = 8
+            run.rollout.max_new_tokens = 256
+            run.optim.micro_batch = 32
+            run.train.steps = 100
+            run.train.eval_every = 10
+            run.train.ckpt_every = 10
+            run.train.eval_samples = 4
+    elif arg == "smoke":
+        c.name, c.sweep_dir = "table1_smoke", "~/runs/table1_smoke"
+        run = tiny.get_config()
+        run.train.steps = 4
+        run.train.eval_every = 2
+        run.train.ckpt_every = 2
+        run.train.tensorboard = False
+        run.train.sft_target = "{}"  # the echo task's answer is the word itself
+        c.cells = cells(REWARDS[:2], ALGOS)
+    else:
+        raise ValueError(f"configs/table1.py: unknown variant {arg!r} (known: smoke, accel)")
+    c.run = run
+    return c

@@ -1,0 +1,227 @@
+"""`python -m rlvr_jax.experiment --config configs/table1.py[:smoke|:accel] [--workdir SWEEP]`
+
+The paper's Table 1 at small scale: one resumable training run per (cell, seed), each in its own
+directory SWEEP/<cell>/seed<k>, all with the same run config, budget and seeds, then one table.
+Cells (config `cells`, a list, so that a new reward is one more entry): the SFT baseline
+(`train.mode = "sft"`) and RL with a reward x algorithm; the base policy is every run's step-0
+evaluation (the same greedy answers, before any update). A killed sweep rerun with the same
+SWEEP continues the unfinished run where its checkpoint stopped and skips the finished ones
+(those with summary.json). A cell whose run fails (e.g. an unknown reward) is reported as failed
+and the sweep goes on.
+
+Writes SWEEP/results.json and SWEEP/results.md: per cell, held-out accuracy by the evaluation
+judge before and after, per subject and field, with 95% bootstrap CIs over questions (per-question
+correctness averaged over seeds) and the paired after - before difference's CI, the reward
+judge's figure beside it; and SWEEP/accuracy.png, held-out accuracy against step for every cell.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import app, logging
+
+from rlvr_jax import data, heldout, host_memory, stats, train
+from rlvr_jax.evaluate import _write_atomic
+from rlvr_jax.metrics import read_metrics
+
+
+def cell_config(exp: Any, cell: Any, seed: int) -> Any:
+    """The run config of one (cell, seed): exp.run with the cell's mode/reward/algo and seed."""
+    c = exp.run.copy_and_resolve_references()
+    c.seed = int(seed)
+    c.name = f"{cell['name']}_seed{seed}"
+    if cell["kind"] == "sft":
+        c.train.mode = "sft"
+    elif cell["kind"] == "rl":
+        c.judge.reward, c.rl.algo = str(cell["reward"]), str(cell["algo"])
+    else:
+        raise data.DataError(f"config cells: {cell['name']}: unknown kind {cell['kind']!r}")
+    return c
+
+
+def run_dir(sweep: Path, cell: Any, seed: int) -> Path:
+    return sweep / str(cell["name"]) / f"seed{seed}"
+
+
+def run_sweep(exp: Any, sweep: str | Path, stop_after: int | None = None) -> dict:
+    """Run every unfinished (cell, seed) of `exp` under `sweep`, then write the results.
+
+    stop_after: return (without results) after this many runs of this call (emulates a kill).
+    Returns {"ran": [...], "skipped": [...], "failed": {...}, "results": ...}.
+    """
+    sweep = Path(sweep).expanduser()
+    sweep.mkdir(parents=True, exist_ok=True)
+    names = [str(c["name"]) for c in exp.cells]
+    if len(set(names)) != len(names):
+        raise data.DataError("config cells: two cells share a name")
+    ran, skipped, failed = [], [], {}
+    for cell in exp.cells:
+        for seed in exp.seeds:
+            wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
+            if (wd / heldout.SUMMARY).is_file():
+                skipped.append(tag)
+                continue
+            if stop_after is not None and len(ran) >= stop_after:
+                return {"ran": ran, "skipped": skipped, "failed": failed, "results": None}
+            print(f"rlvr_jax: experiment: running {tag} in {wd}", file=sys.stderr, flush=True)
+            try:
+                train.train(cell_config(exp, cell, seed), wd)
+            except Exception as e:  # a failed cell is reported; the other cells still run
+                failed[tag] = f"{type(e).__name__}: {e}"
+                wd.mkdir(parents=True, exist_ok=True)
+                (wd / "error.txt").write_text(traceback.format_exc())
+                print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
+                continue
+            ran.append(tag)
+    res = collect(exp, sweep, failed)
+    write_results(sweep, res)
+    plot(exp, sweep, sweep / "accuracy.png")
+    return {"ran": ran, "skipped": skipped, "failed": failed, "results": res}
+
+
+def _cell_rows(exp: Any, sweep: Path, cell: Any) -> tuple[list, list, list[int]]:
+    """Per seed: (step-0 rows, last-step rows) of the finished runs, and their seeds."""
+    befores, afters, seeds = [], [], []
+    for seed in exp.seeds:
+        wd = run_dir(sweep, cell, seed)
+        steps = heldout.eval_steps(wd)
+        if (wd / heldout.SUMMARY).is_file() and steps and steps[0] == 0 and len(steps) > 1:
+            befores.append(heldout.read_rows(wd, 0))
+            afters.append(heldout.read_rows(wd, steps[-1]))
+            seeds.append(int(seed))
+    return befores, afters, seeds
+
+
+def _mean_over_seeds(runs: list[list[dict]], key: str) -> list[dict]:
+    """Rows of the first seed with `key` averaged over the seeds' rows (same questions)."""
+    out = [dict(r) for r in runs[0]]
+    for i, r in enumerate(out):
+        r[key] = float(np.mean([run[i][key] for run in runs]))
+    return out
+
+
+def collect(exp: Any, sweep: Path, failed: dict | None = None) -> dict:
+    """results.json's content from the finished runs under `sweep`."""
+    cells, base = {}, None
+    for cell in exp.cells:
+        befores, afters, seeds = _cell_rows(exp, sweep, cell)
+        if not seeds:
+            continue
+        b, a = _mean_over_seeds(befores, "correct"), _mean_over_seeds(afters, "correct")
+        entry: dict[str, Any] = {
+            "kind": str(cell["kind"]),
+            "reward": str(cell.get("reward", "")),
+            "algo": str(cell.get("algo", "")),
+            "seeds": seeds,
+            "accuracy": heldout.compare(b, a),
+            "per_seed": [
+                stats.paired_ci([r["correct"] for r in x], [r["correct"] for r in y])["change"]
+                for x, y in zip(befores, afters, strict=True)
+            ],
+        }
+        if "reward_judge" in befores[0][0]:
+            rb = _mean_over_seeds(befores, "reward_judge")
+            ra = _mean_over_seeds(afters, "reward_judge")
+            entry["reward_judge"] = heldout.compare(rb, ra, "reward_judge")["all"]
+        cells[str(cell["name"])] = entry
+        if base is None:
+            base = {"from": str(cell["name"]), "accuracy": heldout.compare(b, b)["all"]["before"]}
+    return {"name": str(exp.name), "seeds": list(exp.seeds), "base": base, "cells": cells,
+            "failed": dict(failed or {})}  # fmt: skip
+
+
+def _ci(d: dict) -> str:
+    return f"{100 * d['mean']:.1f} [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}]"
+
+
+def markdown(res: dict) -> str:
+    """results.md: one row per cell, then per-field rows."""
+    lines = [
+        f"# {res['name']}: held-out accuracy (%) by the evaluation judge, seeds {res['seeds']}",
+        "",
+        "| cell | before | after | change (paired) | reward judge before -> after |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    if res["base"]:
+        lines.append(f"| base policy | {_ci(res['base']['accuracy'])} | | | |")
+    for name, c in res["cells"].items():
+        acc = c["accuracy"]["all"]
+        rj = c.get("reward_judge")
+        rjs = f"{100 * rj['before']['mean']:.1f} -> {100 * rj['after']['mean']:.1f}" if rj else ""
+        lines.append(
+            f"| {name} | {_ci(acc['before'])} | {_ci(acc['after'])} | {_ci(acc['change'])} "
+            f"| {rjs} |"
+        )
+    lines += ["", "Per field (after, change):", "", "| cell | field | after | change |",
+              "|---|---|---:|---:|"]  # fmt: skip
+    for name, c in res["cells"].items():
+        for g in ("field", "subject"):
+            for f, d in c["accuracy"][g].items():
+                lines.append(f"| {name} | {g}: {f} | {_ci(d['after'])} | {_ci(d['change'])} |")
+    for tag, err in res["failed"].items():
+        lines.append(f"\nFailed: {tag}: {err}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(exp: Any, sweep: Path, out: Path) -> Path:
+    """Held-out accuracy against step, one line per cell (mean over its finished seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell in exp.cells:
+        curves = []
+        for seed in exp.seeds:
+            path = run_dir(sweep, cell, seed) / "metrics.jsonl"
+            if path.exists():
+                pts = {r["step"]: r["eval/accuracy"] for r in read_metrics(path)
+                       if "eval/accuracy" in r}  # fmt: skip
+                curves.append(pts)
+        if curves:
+            steps = sorted(set.intersection(*[set(c) for c in curves]))
+            ys = [np.mean([c[s] for c in curves]) for s in steps]
+            ax.plot(steps, ys, marker="o", lw=1.2, ms=3, label=str(cell["name"]))
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def write_results(sweep: Path, res: dict) -> None:
+    _write_atomic(sweep / "results.md", markdown(res))
+    _write_atomic(sweep / "results.json", json.dumps(res, indent=2) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    exp = train._CONFIG.value  # the same --config / --workdir flags as rlvr_jax.train
+    if exp is None:
+        raise app.UsageError("--config is required, e.g. --config configs/table1.py:smoke")
+    sweep = Path(train._WORKDIR.value or exp.sweep_dir).expanduser()
+    try:
+        out = run_sweep(exp, sweep)
+    except data.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(markdown(out["results"]), end="")
+    print(f"rlvr_jax: wrote {sweep / 'results.json'}, results.md, accuracy.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    host_memory.keep_freed_memory()
+    app.run(main)
