@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
+from rlvr_jax import builders, checkpoint, data, host_memory, likelihood, losses, memory, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
@@ -212,10 +212,13 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     rows = [ex for ex in examples for _ in range(g)]
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(rows))]
-    t0 = time.perf_counter()
-    scores = run.rewards.score(rows, responses)
-    t_judge = time.perf_counter() - t0
+    scores = run.rewards.score(rows, responses, state.params, run.ref_params)
+    t_judge, t_lik = run.rewards.times["judge"], run.rewards.times["likelihood"]
     rewards = jnp.asarray(scores[run.rewards.key], jnp.float32)
+    # RLPR's filter: prompts whose rewards barely vary leave the update (their completion tokens
+    # are masked out), instead of having their noise z-scored into full-size advantages.
+    keep = likelihood.std_filter(np.asarray(rewards), g, float(cfg.judge.get("rlpr_filter", 0.0)))
+    upd_mask = ro.mask if keep.all() else ro.mask & jnp.asarray(keep)[:, None]
 
     tokens = jnp.concatenate([ro.prompt_ids, ro.tokens], axis=1)
     attn = jnp.concatenate([ro.prompt_mask, ro.mask], axis=1)
@@ -231,13 +234,13 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         g,
         ro.logprobs,
         logp_ref,
-        ro.mask,
+        upd_mask,
         float(cfg.rl.beta),
         str(cfg.rl.kl_mode) if need_ref else "none",
         str(cfg.rl.norm),
     )
     batch = update.Batch(
-        tokens, attn, ro.mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
+        tokens, attn, upd_mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
     )
     t0 = time.perf_counter()
     first = None
@@ -257,6 +260,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
             for k, v in jax.device_get(losses.reward_stats(rewards, g)).items()
         }
     )
+    out["reward/kept_prompts"] = float(keep.reshape(-1, g)[:, 0].mean())
     out["reward/raw_mean"] = float(rewards.mean())
     out["reward/raw_std"] = float(rewards.std())
     out["reward/normalized_std"] = float(
@@ -276,12 +280,13 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     for name, secs, toks_done in (
         ("rollout", t_roll, n_tok),
         ("judge", t_judge, len(rows)),
+        ("likelihood", t_lik, len(rows)),
         ("reference", t_ref, seq_tok),
         ("update", t_update, seq_tok * n_epochs),
     ):
         out[f"time/{name}_s"] = secs
-        if secs > 0:  # judge: responses scored per second; the others: tokens per second
-            unit = "rows" if name == "judge" else "tokens"
+        if secs > 0:  # judge, likelihood: responses scored per second; the others: tokens/s
+            unit = "rows" if name in ("judge", "likelihood") else "tokens"
             out[f"time/{name}_{unit}_per_s"] = toks_done / secs
     return state, out
 
@@ -305,7 +310,7 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
     )
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
-    scores = run.rewards.score(run.test_examples, responses)
+    scores = run.rewards.score(run.test_examples, responses, state.params, run.ref_params)
     return {f"eval/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
 
 
