@@ -6,7 +6,8 @@ prompt asks for an answer (`data.DEFAULT_SYSTEM_PROMPT`):
     <chat prompt> + reasoning + "\\nTherefore, the answer is" + " " + reference
 
 where the reasoning is the response before its answer line (`split_reasoning`: "Therefore, the
-answer is ...", "So the final answer is ...", "The final answer is ..."; the first one found). A
+answer is ...", "So the final answer is ...", "The answer is ...", "Answer: ..."; the first one
+found). A
 response with no answer line is reasoning as a whole: its every word is context, none of it is
 replaced. An empty reasoning leaves "Therefore, the answer is" + " " + reference. Only the
 reference's tokens are scored, under the scoring weights (the current policy by default, as
@@ -51,14 +52,16 @@ from rlvr_jax.update import completion_logprobs
 
 # The answer line's lead, as the paper's system prompt words it (data.DEFAULT_SYSTEM_PROMPT).
 ANSWER_LEAD = "Therefore, the answer is"
-# Where a response's answer line starts: the lead and its close variants, any case.
+# Where a response's answer line starts: the lead and its close variants, any case ("So the
+# final answer is", "The answer is", "The correct answer is", a line opening with "Answer:").
 ANSWER_LINE = re.compile(
-    r"(?:\b(?:therefore|thus|hence|so)\s*,?\s+the\s+(?:final\s+)?answer\s+is"
-    r"|\bthe\s+final\s+answer\s+is)",
-    re.IGNORECASE,
+    r"\b(?:(?:therefore|thus|hence|so)\s*,?\s+)?the\s+(?:final\s+|correct\s+)?answer\s+is\b"
+    r"|^[ \t]*(?:final\s+)?answer\s*:",
+    re.IGNORECASE | re.MULTILINE,
 )
-SUFFIX_STEP = 32  # suffix lengths are padded to multiples of this (one compile per length)
-REF_STEP = 8
+# Lengths are padded to powers of two from these floors: one compile per bucket used, few buckets.
+LENGTH_FLOOR = 32
+REF_FLOOR = 8
 
 
 def split_reasoning(response: str) -> tuple[str, bool]:
@@ -75,12 +78,9 @@ def assistant_text(reasoning: str) -> str:
     return f"{reasoning}\n{ANSWER_LEAD}" if reasoning else ANSWER_LEAD
 
 
-def _round_up(n: int, step: int) -> int:
-    return max(step, -(-n // step) * step)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def _pow2(n: int, floor: int = 1) -> int:
+    """The smallest power of two >= max(n, floor)."""
+    return 1 << max(0, (max(n, floor) - 1).bit_length())
 
 
 @dataclasses.dataclass
@@ -154,13 +154,13 @@ def build_batch(
     prompt_of_group += [prompt_of_group[0]] * (u - len(keys))
     refs_of_group += [refs_of_group[0]] * (u - len(keys))
     base = [tok.encode(ANSWER_LEAD) + r for r in refs_of_group]
-    r_len = _round_up(max(map(len, refs_of_group)), REF_STEP)
+    r_len = _pow2(max(map(len, refs_of_group)), REF_FLOOR)
     # A suffix holds at least one token before its reference window (the head reads the hidden
     # state before each reference token from inside the suffix).
-    length = lambda seqs, step: _round_up(max(max(map(len, seqs)), r_len + 1), step)
-    p_ids, p_mask = left_pad(prompt_of_group, length(prompt_of_group, 32), tok.pad_id)
-    s_ids, s_mask = left_pad(suffixes, length(suffixes, SUFFIX_STEP), tok.pad_id)
-    b_ids, b_mask = left_pad(base, length(base, SUFFIX_STEP), tok.pad_id)
+    length = lambda seqs: _pow2(max(max(map(len, seqs)), r_len + 1), LENGTH_FLOOR)
+    p_ids, p_mask = left_pad(prompt_of_group, length(prompt_of_group), tok.pad_id)
+    s_ids, s_mask = left_pad(suffixes, length(suffixes), tok.pad_id)
+    b_ids, b_mask = left_pad(base, length(base), tok.pad_id)
     right = lambda lens: np.arange(r_len)[None, :] >= r_len - np.asarray(lens)[:, None]
     return HostBatch(
         prompt_ids=p_ids,
@@ -187,6 +187,12 @@ class LikelihoodScores:
     mean_p: jax.Array
     base_p: jax.Array
     rlpr: jax.Array
+
+
+def debiased(mean_p: jax.Array, base_p: jax.Array) -> jax.Array:
+    """RLPR's reward [N]: the mean probability minus its no-reasoning baseline, clipped to [0, 1]
+    (RLPR's `threshold_0` shaping; the difference never exceeds 1)."""
+    return jnp.clip(mean_p - base_p, 0.0, 1.0)
 
 
 def _suffix_logprobs(graphdef, params, cache, ids, mask, n_prompt, ref_len):
@@ -241,7 +247,7 @@ def likelihood_pass(
         likelihood=likelihood,
         mean_p=mean_p,
         base_p=base_rows,
-        rlpr=jnp.clip(mean_p - base_rows, 0.0, 1.0),
+        rlpr=debiased(mean_p, base_rows),
     )
 
 
