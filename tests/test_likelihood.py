@@ -221,6 +221,49 @@ def test_score_tool_policy_columns(tiny, tmp_path):
     assert score.main(["--input", str(inp), "--out", str(out)]) == 2
 
 
+# ------------------------------------------------------------------ offline quality table
+
+
+def test_crossfit_threshold_hand_made():
+    from rlvr_jax.agreement import best_threshold, crossfit_binary
+
+    s, y = np.array([-3.0, -2.0, -1.0, -0.5]), np.array([0, 0, 1, 1])
+    assert best_threshold(s, y) == pytest.approx(-1.5)
+    assert best_threshold(s, 1 - y) == pytest.approx(-3.0 - 1.0)  # all YES beats any cut (0.5)
+    groups = ["q1", "q2", "q1", "q2"] * 2
+    # 0/1 scores are their own verdicts; a score's threshold comes from the other fold's rows.
+    assert crossfit_binary([1, 0, 0, 1] * 2, [0] * 8, groups).tolist() == [1, 0, 0, 1] * 2
+    # Separable scores over 20 questions: each fold's threshold, chosen on the other, is right.
+    y = np.arange(40) % 2
+    scores = np.where(y == 1, -1.0, -2.0) + np.linspace(0, 0.5, 40)
+    got = crossfit_binary(scores, y, [f"q{i % 20}" for i in range(40)])
+    assert got.tolist() == y.tolist()
+    # Labels that contradict the score: each fold is cut at its other fold's best (all NO here).
+    assert crossfit_binary(scores, 1 - y, [f"q{i % 20}" for i in range(40)]).sum() in (0, 40)
+
+
+def test_agreement_cli_scores_columns(tmp_path, capsys):
+    """judge_agreement.py --scores compares score columns (no verdict needed) in one table."""
+    import judge_agreement
+
+    rows = [{"question": f"q{i % 5}", "reference": "r", "response": f"a{i}", "correct": i % 2,
+             "likelihood": -3.0 + i % 2 + 0.01 * i, "rule_binary": 1 - i % 2, "subject": "s"}
+            for i in range(20)]  # fmt: skip
+    f = tmp_path / "scored.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rep.json"
+    args = [str(f), "--scores", "likelihood,rule_binary", "--label-field", "correct"]
+    assert judge_agreement.main(args + ["--json", str(out)]) == 0
+    assert "Quality on labelled rows, all subjects" in capsys.readouterr().out
+    q = json.loads(out.read_text())["quality"]
+    assert q["likelihood"]["all"]["auc"] == 1.0 and q["likelihood"]["all"]["accuracy"] == 1.0
+    assert q["rule_binary"]["all"]["auc"] == 0.0 and q["rule_binary"]["all"]["accuracy"] == 0.0
+    assert q["likelihood"]["all"]["calibration"] is None  # log-probs are not probabilities
+    bad = [str(f), "--scores", "rlpr", "--label-field", "correct"]
+    assert judge_agreement.main(bad) == 2
+    assert "rlpr: missing" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------- meshes
 
 
