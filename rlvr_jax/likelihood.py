@@ -112,12 +112,15 @@ def build_batch(
     references: Sequence[str],
     max_reasoning_tokens: int = 1024,
     rows: int | None = None,
+    min_prompts: int = 1,
 ) -> HostBatch:
     """Token arrays for N rows: prompts [N] (token ids of each row's policy prompt), responses and
     references [N]. Rows with the same prompt and reference share one prefill and one baseline.
 
     A reasoning longer than `max_reasoning_tokens` keeps its last tokens (those nearest the
-    answer). `rows` pads N with copies of row 0 (fixed shapes; the caller drops them).
+    answer). `rows` pads N with copies of row 0 (fixed shapes; the caller drops them). The U
+    distinct prompts are padded to a power of two, at least `min_prompts` (so that the mesh's
+    batch axes divide them).
     """
     n = len(responses)
     pad = (rows or n) - n
@@ -150,7 +153,7 @@ def build_batch(
         suffixes.append(tok.encode(assistant_text(reasoning)) + ref_ids)
         ref_lens.append(len(ref_ids))
         has_line.append(line)
-    u = _pow2(len(keys))
+    u = _pow2(len(keys), min_prompts)
     prompt_of_group += [prompt_of_group[0]] * (u - len(keys))
     refs_of_group += [refs_of_group[0]] * (u - len(keys))
     base = [tok.encode(ANSWER_LEAD) + r for r in refs_of_group]
@@ -293,8 +296,9 @@ class LikelihoodScorer:
         cols["reasoning_cut"] = np.zeros(n, np.float32)
         for s in range(0, n, self.batch_size):
             sl = slice(s, min(s + self.batch_size, n))
+            split = mesh_lib.batch_size_multiple(self.mesh) if self.mesh is not None else 1
             hb = build_batch(self.tok, prompts[sl], responses[sl], references[sl],
-                             self.max_reasoning_tokens, self.batch_size)  # fmt: skip
+                             self.max_reasoning_tokens, self.batch_size, split)  # fmt: skip
             arrays = [
                 self._place(getattr(hb, f))
                 for f in ("prompt_ids", "prompt_mask", "group", "suffix_ids", "suffix_mask",
