@@ -1,7 +1,8 @@
 """`python -m rlvr_jax.train --config configs/econ.py [--config.KEY=VALUE ...] [--workdir DIR]`
 
-One RL run: data -> rollout (G samples per prompt) -> judge and rule rewards -> advantages ->
-reference log-probs -> clipped policy updates -> metrics, with orbax checkpoints every k steps.
+One RL run: data -> rollout (G samples per prompt) -> judge, likelihood and rule rewards ->
+advantages -> reference log-probs -> clipped policy updates -> metrics, with orbax checkpoints
+every k steps.
 Rerunning with an existing workdir resumes from its last checkpoint and continues exactly as an
 uninterrupted run would (the rollout key of step s is fold_in(seed, s); the data position and
 the whole TrainState are checkpointed). This file orchestrates; the math lives in losses/update.
