@@ -24,7 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     # Reward. judge.reward picks the scalar fed to RL: soft (paper Eq. 4), soft_normalized,
-    # binary (the judge's verdict), rule_binary, rule_jaccard, math (math-verify equivalence).
+    # binary (the judge's verdict), rule_binary, rule_jaccard, math (math-verify equivalence),
+    # likelihood (mean log-prob of the reference after the response's reasoning) or rlpr (RLPR's
+    # debiased mean probability); see rlvr_jax/likelihood.py. The last two need no judge: with
+    # them judge.model is ignored (never resolved, so "distilled" distils nothing).
     c.judge = ml_collections.ConfigDict()
     c.judge.model = (
         "default"  # model directory, "default", "distilled" or "policy" (initial policy)
@@ -37,7 +40,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # another seed and recipe, built on first use), "" (the reward judge) or a model directory.
     c.judge.eval_model = "evaluation"
     c.judge.max_prompt_len = 512
-    c.judge.batch_size = 16
+    c.judge.batch_size = 16  # rows per jitted judge (or likelihood) call
+    # Which weights score likelihood/rlpr: "policy" (the current one, as RLPR and VeriFree do:
+    # the reward follows what the policy learns) or "reference" (the frozen initial policy).
+    c.judge.likelihood_model = "policy"
+    # RLPR's prompt filter: drop (mask out of the update) every prompt whose G rewards have a
+    # standard deviation below this; 0 = off. RLPR adapts it (0.5 x an EMA of the mean std).
+    c.judge.rlpr_filter = 0.0
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ("data/economics/train.jsonl",)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -143,7 +144,38 @@ def judge_quality(
     if soft is not None:
         s = np.asarray(soft, float)
         out["auc"] = float(roc_auc_score(y, s)) if len(set(y.tolist())) == 2 else math.nan
-        out["calibration"] = calibration_table(y, s, n_bins) if len(y) else None
+        # Scores that are not probabilities (a mean log-prob) have no calibration.
+        prob = len(y) and s.min() >= 0.0 and s.max() <= 1.0
+        out["calibration"] = calibration_table(y, s, n_bins) if prob else None
+    return out
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold t of `score >= t` with the highest accuracy on scores/labels [n] (the
+    midpoints between distinct scores, and beyond both ends; ties: the lowest t)."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    u = np.unique(s)
+    cands = np.concatenate([[u[0] - 1.0], (u[1:] + u[:-1]) / 2, [u[-1] + 1.0]])
+    acc = [(np.asarray(s >= t) == y).mean() for t in cands]
+    return float(cands[int(np.argmax(acc))])
+
+
+def crossfit_binary(
+    scores: Sequence[float], labels: Sequence[int], groups: Sequence[str], folds: int = 2
+) -> np.ndarray:
+    """Verdicts [n] (0/1) from a continuous score: each fold's rows are cut at the threshold that
+    is most accurate on the other folds' labelled rows (label -1 = unlabelled), folds split by
+    `groups` (e.g. the question: no question chooses its own threshold). A 0/1 score is its own
+    verdict."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    if np.isin(s, (0.0, 1.0)).all():
+        return s.astype(int)
+    fold = np.array([zlib.crc32(str(g).encode()) % folds for g in groups])
+    out = np.zeros(len(s), int)
+    for f in range(folds):
+        fit = (fold != f) & (y >= 0)
+        t = best_threshold(s[fit], y[fit]) if fit.any() else 0.5
+        out[fold == f] = s[fold == f] >= t
     return out
 
 

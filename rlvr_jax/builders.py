@@ -5,6 +5,7 @@ Shared by `train`, `evaluate` and `distill`, so that the three read a config the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from rlvr_jax import data, reward, synthetic
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.answers import answer_view
+from rlvr_jax.likelihood import LikelihoodScorer
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import LoadedModel, load_model
 from rlvr_jax.models.transformer import abstract_model
@@ -102,7 +104,7 @@ def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
     else:
         policy = load_config(resolve_model_dir(cfg.policy.model, build=False))
         policy = policy.replace(dtype=str(cfg.policy.dtype))
-    spec = str(cfg.judge.model)
+    spec = judge_spec(cfg)
     judge = (
         None
         if not spec
@@ -179,27 +181,54 @@ RULE_REWARDS = {
     "math": reward.math_equivalent,
 }
 JUDGE_REWARDS = ("soft", "soft_normalized", "binary")
+# Rewards from the scoring policy's own likelihood of the reference (rlvr_jax/likelihood.py).
+LIKELIHOOD_REWARDS = ("likelihood", "rlpr")
+
+
+def judge_spec(cfg: Any) -> str:
+    """The judge model a run builds: none for the likelihood rewards, which need no judge (a
+    config's judge.model, e.g. "distilled", is then ignored and never resolved or distilled)."""
+    return "" if str(cfg.judge.reward) in LIKELIHOOD_REWARDS else str(cfg.judge.model)
 
 
 class RewardRunner:
-    """Scores responses with the judge model (when configured) and the rule rewards, in one call.
+    """Scores responses with the judge model (when configured), the likelihood rewards (when one
+    of them is optimised) and the rule rewards, in one call.
 
     `key` names the score that RL optimises (config judge.reward); every other score is logged.
+    `times` holds the seconds of the last `score` call's likelihood pass ("likelihood") and of the
+    rest ("judge": judge model and rules).
     """
 
-    def __init__(self, key: str, judge: reward.Judge | None = None, rules: Sequence[str] = ()):
+    def __init__(
+        self,
+        key: str,
+        judge: reward.Judge | None = None,
+        rules: Sequence[str] = (),
+        likelihood: LikelihoodScorer | None = None,
+        likelihood_model: str = "policy",
+        chat_template: bool = True,
+    ):
         if key in JUDGE_REWARDS and judge is None:
             raise data.DataError(f"config judge.reward={key!r} needs a judge model (judge.model)")
-        if key not in JUDGE_REWARDS and key not in RULE_REWARDS:
-            known = ", ".join((*JUDGE_REWARDS, *RULE_REWARDS))
+        if key in LIKELIHOOD_REWARDS and likelihood is None:
+            raise data.DataError(f"config judge.reward={key!r} needs a likelihood scorer")
+        if key not in (*JUDGE_REWARDS, *LIKELIHOOD_REWARDS) and key not in RULE_REWARDS:
+            known = ", ".join((*JUDGE_REWARDS, *LIKELIHOOD_REWARDS, *RULE_REWARDS))
             raise data.DataError(f"config judge.reward: unknown reward {key!r} (known: {known})")
-        self.key, self.judge = key, judge
+        if likelihood_model not in ("policy", "reference"):
+            raise data.DataError(
+                f"config judge.likelihood_model: {likelihood_model!r} is not policy or reference"
+            )
+        self.key, self.judge, self.likelihood = key, judge, likelihood
+        self.likelihood_model, self.chat_template = likelihood_model, chat_template
         self.rules = tuple(dict.fromkeys((*rules, *([key] if key in RULE_REWARDS else []))))
+        self.times = {"judge": 0.0, "likelihood": 0.0}
 
     @classmethod
     def from_config(cls, cfg: Any, mesh: jax.sharding.Mesh, policy: LoadedModel) -> RewardRunner:
         judge = None
-        spec = str(cfg.judge.model)
+        spec = judge_spec(cfg)
         if spec:
             judge_dir = None
             if spec == "policy":  # the initial policy judges (its weights are never trained)
@@ -220,13 +249,27 @@ class RewardRunner:
                 else None
             )
             judge = reward.Judge(jm.graphdef, jm.state, jm.tokenizer, jcfg, sharding)
-        return cls(str(cfg.judge.reward), judge, ("rule_binary", "rule_jaccard"))
+        scorer = None
+        if str(cfg.judge.reward) in LIKELIHOOD_REWARDS:
+            scorer = LikelihoodScorer(
+                policy.graphdef, policy.tokenizer, int(cfg.judge.batch_size), mesh
+            )
+        return cls(
+            str(cfg.judge.reward),
+            judge,
+            ("rule_binary", "rule_jaccard"),
+            scorer,
+            str(cfg.judge.get("likelihood_model", "policy")),
+            bool(cfg.data.chat_template),
+        )
 
     def score(
         self,
         rows: Sequence[data.Example],
         responses: Sequence[str],
         cut: Sequence[bool] | None = None,
+        policy_params: Any = None,
+        reference_params: Any = None,
     ) -> dict[str, np.ndarray]:
         """N examples (question, reference) and N responses -> {score name: [N] floats}.
 
@@ -234,7 +277,13 @@ class RewardRunner:
         "no_answer" [N] (1 where the response commits to no answer: every judge reward is 0),
         "judge_truncated", the [N]-summed count of judge prompts cut to fit the budget, and with a
         judge "judge_verdict" [N] int (1 YES, 0 NO, -1 NEITHER; see `reward.verdict_label`).
+        With a likelihood reward, the weights named by `likelihood_model` score it:
+        `policy_params` (the current policy) or `reference_params` (the frozen initial policy);
+        the rows must then be `data.Example`s (their chat messages are the prompt). Without those
+        params (a held-out evaluation scoring with the judge and the rules) the likelihood columns
+        are left out.
         """
+        t0 = time.perf_counter()
         refs = [ex.reference for ex in rows]
         cuts = [None] * len(responses) if cut is None else [bool(c) for c in cut]
         out = {
@@ -254,4 +303,19 @@ class RewardRunner:
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
             out["judge_verdict"] = np.asarray(res.verdict, np.int32)  # 1 YES, 0 NO, -1 NEITHER
             out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
+        t_lik = 0.0
+        params = policy_params if self.likelihood_model == "policy" else reference_params
+        if self.likelihood is not None and params is not None:
+            t1 = time.perf_counter()
+            # A group's prompt is tokenized once (its G rows are adjacent copies of one example).
+            ids: dict[int, list[int]] = {}
+            prompts = [
+                ids.setdefault(id(ex), self.likelihood.prompt_ids(ex.messages, self.chat_template))
+                for ex in rows
+            ]
+            cols = self.likelihood.score(params, prompts, responses, refs)
+            for name in ("likelihood", "rlpr", "answer_line"):
+                out[name] = cols[name]
+            t_lik = time.perf_counter() - t1
+        self.times = {"judge": time.perf_counter() - t0 - t_lik, "likelihood": t_lik}
         return out

@@ -293,6 +293,8 @@ def evaluate(
     has_judge = bool(str(cfg.judge.model))
     if not has_judge and cfg.judge.reward in builders.JUDGE_REWARDS:
         cfg.judge.reward = "rule_binary"  # evaluate optimises nothing; rules only without a judge
+    if cfg.judge.reward in builders.LIKELIHOOD_REWARDS:
+        cfg.judge.reward = "soft" if has_judge else "rule_binary"  # evaluate judges with its judge
     if cfg.mesh.distributed:
         mesh_lib.initialize_distributed(cfg.mesh)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))

@@ -1,7 +1,8 @@
 """`python -m rlvr_jax.train --config configs/econ.py [--config.KEY=VALUE ...] [--workdir DIR]`
 
-One RL run: data -> rollout (G samples per prompt) -> judge and rule rewards -> advantages ->
-reference log-probs -> clipped policy updates -> metrics, with orbax checkpoints every k steps.
+One RL run: data -> rollout (G samples per prompt) -> judge, likelihood and rule rewards ->
+advantages -> reference log-probs -> clipped policy updates -> metrics, with orbax checkpoints
+every k steps.
 Rerunning with an existing workdir resumes from its last checkpoint and continues exactly as an
 uninterrupted run would (the rollout key of step s is fold_in(seed, s); the data position and
 the whole TrainState are checkpointed). This file orchestrates; the math lives in losses/update.
@@ -29,6 +30,7 @@ from rlvr_jax import (
     guards,
     heldout,
     host_memory,
+    likelihood,
     losses,
     memory,
     minibatch,
@@ -237,10 +239,19 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     rows = [ex for ex in examples for _ in range(g)]
     toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(rows))]
-    t0 = time.perf_counter()
-    scores = run.rewards.score(rows, responses, ~np.asarray(ro.stopped))
-    t_judge = time.perf_counter() - t0
+    scores = run.rewards.score(
+        rows,
+        responses,
+        ~np.asarray(ro.stopped),
+        policy_params=state.params,
+        reference_params=run.ref_params,
+    )
+    t_judge, t_lik = run.rewards.times["judge"], run.rewards.times["likelihood"]
     rewards = jnp.asarray(scores[run.rewards.key], jnp.float32)
+    # RLPR's filter: prompts whose rewards barely vary leave the update (their completion tokens
+    # are masked out), instead of having their noise z-scored into full-size advantages.
+    keep = likelihood.std_filter(np.asarray(rewards), g, float(cfg.judge.get("rlpr_filter", 0.0)))
+    upd_mask = ro.mask if keep.all() else ro.mask & jnp.asarray(keep)[:, None]
 
     tokens = jnp.concatenate([ro.prompt_ids, ro.tokens], axis=1)
     attn = jnp.concatenate([ro.prompt_mask, ro.mask], axis=1)
@@ -256,13 +267,13 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         g,
         ro.logprobs,
         logp_ref,
-        ro.mask,
+        upd_mask,
         float(cfg.rl.beta),
         str(cfg.rl.kl_mode) if need_ref else "none",
         str(cfg.rl.norm),
     )
     batch = update.Batch(
-        tokens, attn, ro.mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
+        tokens, attn, upd_mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
     )
     t0 = time.perf_counter()
     n_epochs = int(cfg.rl.ppo_epochs)
@@ -286,6 +297,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
             for k, v in jax.device_get(losses.reward_stats(rewards, g)).items()
         }
     )
+    out["reward/kept_prompts"] = float(keep.reshape(-1, g)[:, 0].mean())
     out["reward/raw_mean"] = float(rewards.mean())
     out["reward/raw_std"] = float(rewards.std())
     out["reward/normalized_std"] = float(
@@ -306,12 +318,13 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     for name, secs, toks_done in (
         ("rollout", t_roll, n_tok),
         ("judge", t_judge, len(rows)),
+        ("likelihood", t_lik, len(rows)),
         ("reference", t_ref, seq_tok),
         ("update", t_update, seq_tok * n_epochs),
     ):
         out[f"time/{name}_s"] = secs
-        if secs > 0:  # judge: responses scored per second; the others: tokens per second
-            unit = "rows" if name == "judge" else "tokens"
+        if secs > 0:  # judge, likelihood: responses scored per second; the others: tokens/s
+            unit = "rows" if name in ("judge", "likelihood") else "tokens"
             out[f"time/{name}_{unit}_per_s"] = toks_done / secs
     return state, out
 

@@ -233,6 +233,23 @@ def token_logprobs(
     )[0]
 
 
+def completion_logprobs(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    hidden: jax.Array,
+    tokens: jax.Array,
+    completion_len: int,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """Log-probs [N,L] of the last L of tokens [N,T] from final hidden states [N,T,D] that a
+    caller computed itself (e.g. over a KV cache, likelihood.py): the same head read-out as
+    `token_logprobs_and_entropy`, at the T-L-1..T-2 positions only (T > L)."""
+    t = tokens.shape[1]
+    h = hidden[:, t - completion_len - 1 : t - 1]
+    targets = tokens[:, t - completion_len :]
+    return _head_stats(graphdef, params, h, targets, temperature, False)[0]
+
+
 def make_ref_logprobs(
     graphdef: nnx.GraphDef, temperature: float = 1.0, logit_chunk: int | None = None
 ) -> Callable[[nnx.State, jax.Array, jax.Array, int], jax.Array]:

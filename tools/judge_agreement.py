@@ -1,6 +1,7 @@
 """Agreement between judges, and each judge's quality on labelled rows.
 
     python tools/judge_agreement.py A.jsonl B.jsonl [C.jsonl ...] [--json OUT] [--bins 10]
+        [--scores likelihood,rlpr,rule_binary,rule_jaccard] [--label-field correct]
 
 Each file holds one judge's judgments on the same rows (tools/score.py's output: question,
 reference, response, binary or verdict, soft; optionally label and subject). Prints percent
@@ -8,6 +9,11 @@ agreement, Cohen's kappa per pair and Fleiss' kappa for three or more judges, ov
 subject; with labelled rows (label YES/NO or 1/0, or an on-policy file's correct 0/1) also each
 judge's accuracy, TPR (recall of YES), FPR, YES precision, Cohen's kappa with the labels, ROC AUC of
 its soft score and a calibration table. One file alone gives its quality only.
+
+--scores: each named score column of each file is compared as a judge of its own (soft = the
+column; verdict = the column when it is 0/1, else the column cut at a threshold chosen on the
+other half of the questions: `agreement.crossfit_binary`). A file then needs no verdict of its
+own. --label-field: the column holding the labels (default `label`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,37 @@ def judge_names(paths: list[Path]) -> list[str]:
     return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
 
 
+def _has_verdict(rows: list[tuple[str, dict]]) -> bool:
+    return all(r.get("binary") is not None or "verdict" in r for _, r in rows)
+
+
+def score_judges(
+    files: dict[str, list[tuple[str, dict]]], columns: list[str], label_field: str
+) -> dict[str, list[tuple[str, dict]]]:
+    """Judgments of each score column of each file (see --scores); named by the column, or
+    FILE:COLUMN with several files."""
+    out = {}
+    for name, rows in files.items():
+        for col in columns:
+            where = next((w for w, r in rows if not isinstance(r.get(col), int | float)), None)
+            if where is not None:
+                raise agreement.AgreementError(f"{where}: {col}: missing or not a number")
+            labels = [agreement.to_binary(r.get(label_field)) for _, r in rows]
+            verdicts = agreement.crossfit_binary(
+                [r[col] for _, r in rows],
+                [-1 if v is None else v for v in labels],
+                [r.get("question", "") for _, r in rows],
+            )
+            judged = [
+                (w, {**{k: r[k] for k in ("question", "reference", "response") if k in r},
+                     "subject": r.get("subject"), "label": r.get(label_field),
+                     "binary": int(b), "soft": float(r[col])})
+                for (w, r), b in zip(rows, verdicts, strict=True)
+            ]  # fmt: skip
+            out[col if len(files) == 1 else f"{name}:{col}"] = judged
+    return out
+
+
 def _f(x: float | None, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -79,7 +116,17 @@ def print_report(rep: dict, console: Console) -> None:
             for p in a["pairs"]:
                 t.add_row(g, p["a"], p["b"], _f(p["percent_agreement"], True), _f(p["cohen_kappa"]))
         console.print(t)
-    for judge, q in rep.get("quality", {}).items():
+    quality = rep.get("quality", {})
+    if len(quality) >= 2:
+        t = Table(title="Quality on labelled rows, all subjects")
+        for c in ("judge", "n", "correct", "accuracy", "TPR", "FPR", "AUC (soft)"):
+            t.add_column(c, justify="left" if c == "judge" else "right")
+        for judge, q in quality.items():
+            m = q["all"]
+            t.add_row(judge, str(m["n"]), str(m["n_yes"]), _f(m["accuracy"], True),
+                      _f(m["tpr"], True), _f(m["fpr"], True), _f(m.get("auc")))  # fmt: skip
+        console.print(t)
+    for judge, q in quality.items():
         t = Table(title=f"{judge}: quality on labelled rows")
         cols = ("subject", "n", "correct", "accuracy", "TPR", "FPR", "precision", "κ", "AUC (soft)")
         for c in (*cols, "ECE"):
@@ -119,11 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="+", type=Path, help="judgment JSONL files, one per judge")
     ap.add_argument("--json", type=Path, help="also write the report as JSON here")
     ap.add_argument("--bins", type=int, default=10, help="calibration bins (default 10)")
+    ap.add_argument("--scores", default="", help="score columns compared as judges (comma list)")
+    ap.add_argument("--label-field", default="label", help="the labels' column (default label)")
     args = ap.parse_args(argv)
     try:
         names = judge_names(args.files)
-        al = agreement.align({n: read_jsonl(p) for n, p in zip(names, args.files, strict=True)})
-        if len(names) < 2 and al.labels is None:
+        files = {n: read_jsonl(p) for n, p in zip(names, args.files, strict=True)}
+        if args.label_field != "label":
+            files = {n: [(w, {**r, "label": r.get(args.label_field)}) for w, r in rows]
+                     for n, rows in files.items()}  # fmt: skip
+        judges = {n: rows for n, rows in files.items() if not args.scores or _has_verdict(rows)}
+        columns = [c.strip() for c in args.scores.split(",") if c.strip()]
+        judges.update(score_judges(files, columns, "label"))
+        al = agreement.align(judges)
+        if len(judges) < 2 and al.labels is None:
             raise agreement.AgreementError("one file without labels: nothing to compare")
         rep = agreement.report(al, n_bins=args.bins)
     except agreement.AgreementError as e:

@@ -1,24 +1,27 @@
-"""Score responses with a generative judge (soft and binary rewards) and the rule-based rewards.
+"""Score responses with a generative judge (soft and binary rewards), the policy's likelihood of
+the reference (no judge) and the rule-based rewards.
 
-    python tools/score.py --judge MODEL_DIR --input IN.jsonl --out OUT.jsonl
-        [--template auto|paper|short] [--view auto|committed|last_line] [--max-prompt-len N]
-        [--batch-size B] [--math]
+    python tools/score.py [--judge MODEL_DIR] [--policy MODEL_DIR|default] --input IN.jsonl
+        --out OUT.jsonl [--template auto|paper|short] [--view auto|committed|last_line]
+        [--max-prompt-len N] [--batch-size B] [--math]
 
-Input rows: {"question": str, "reference": str, "response": str} (other keys are kept); an optional
-"cut" (true: the token limit stopped the response) or tools/sample.py's "stopped" says whether the
-response's last sentence is unfinished. The judge sees what the response commits to (its answer
-statements, else its first and last complete sentences; rlvr_jax/answers.py), or with --view
-last_line its last non-empty line: by default the prompt settings stored with
-the judge (MODEL_DIR/judge.json, written by `rlvr_jax.distill`: the prompts it was trained on),
-else the paper's verifier prompt (see rlvr_jax/reward.py).
-Output rows add `p_yes`, `p_no`, `verdict` ("YES" or "NO" when the judge's greedy first token is
-a YES or NO spelling, "NEITHER" when it is any other token; "NO" when the response commits to
-nothing), `verdict_token` (that token's text), `soft` (paper Eq. 4), `soft_normalized`
-(p_yes / (p_yes + p_no)), `binary`, `rule_binary` (reference occurs in the response),
-`rule_jaccard` (word overlap with the last line), `no_answer` (1: the response commits to
-nothing; every judge reward is 0), `judge_view` (what the judge read) and, with --math,
-`rule_math` (math-verify). Judge prompts over budget are cut by rlvr_jax.reward's rule; the
-counts are printed.
+At least one of --judge and --policy. Input rows: {"question": str, "reference": str,
+"response": str} (other keys are kept); an optional "cut" (true: the token limit stopped the
+response) or tools/sample.py's "stopped" says whether the response's last sentence is unfinished.
+The judge sees what the response commits to (its answer statements, else its first and last
+complete sentences; rlvr_jax/answers.py), or with --view last_line its last non-empty line, in
+the prompt settings stored with the judge by default (MODEL_DIR/judge.json, written by
+`rlvr_jax.distill`: the prompts it was trained on), else the paper's verifier prompt (see
+rlvr_jax/reward.py). Output rows add, with --judge: `p_yes`, `p_no`, `verdict` ("YES" or "NO"
+when the judge's greedy first token is a YES or NO spelling, "NEITHER" for any other token; "NO"
+when the response commits to nothing), `verdict_token` (that token's text), `soft` (paper Eq. 4),
+`soft_normalized` (p_yes / (p_yes + p_no)), `binary`, `no_answer` (1: the response commits to
+nothing; every judge reward is 0), `judge_view` (what the judge read); with --policy (the
+policy prompted with the paper's system prompt and the question): `likelihood` (mean log-prob of
+the reference after the response's reasoning) and `rlpr` (RLPR's debiased mean probability), see
+rlvr_jax/likelihood.py; always `rule_binary` (reference occurs in the response), `rule_jaccard`
+(word overlap with the last line) and, with --math, `rule_math` (math-verify). Judge prompts over budget are cut by rlvr_jax.reward's rule; the counts
+are printed.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ from jsonl_io import RowError, read_rows, text_field, write_rows_atomic  # noqa:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--judge", required=True, type=Path, help="judge model directory")
+    p.add_argument("--judge", type=Path, help="judge model directory")
+    p.add_argument(
+        "--policy",
+        help="policy model directory, or default (the embedded model): adds likelihood and rlpr",
+    )
     p.add_argument("--input", required=True, type=Path, help="input JSONL")
     p.add_argument("--out", required=True, type=Path, help="output JSONL")
     p.add_argument(
@@ -50,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "last_line",
     )
     p.add_argument("--max-prompt-len", type=int, default=None, help="judge prompt token budget")
-    p.add_argument("--batch-size", type=int, default=16, help="judge prompts per jitted call")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per jitted call")
     p.add_argument("--math", action="store_true", help="also score math equivalence")
     p.add_argument("--mesh", default="-1,1,1", help="device mesh DATA,FSDP,TENSOR (-1: the rest)")
     return p.parse_args(argv)
@@ -84,7 +91,39 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.batch_size < 1:
         raise RowError("--batch-size must be >= 1")
+    if args.judge is None and args.policy is None:
+        raise RowError("give --judge, --policy or both")
 
+    from rlvr_jax import mesh as mesh_lib
+
+    try:
+        mesh = mesh_lib.make_mesh(args.mesh)
+    except mesh_lib.MeshError as e:
+        raise RowError(str(e)) from None
+    cols: dict[str, list] = {}
+    if args.judge is not None:
+        cols.update(judge_columns(args, mesh, fields, rows))
+    if args.policy is not None:
+        cols.update(likelihood_columns(args, mesh, fields))
+
+    from rlvr_jax import reward as W
+
+    def out_rows():
+        for i, ((_, row), (_, response, reference)) in enumerate(zip(rows, fields, strict=True)):
+            out = {**row, **{k: v[i] for k, v in cols.items()}}
+            out["rule_binary"] = int(W.rule_binary(response, reference))
+            out["rule_jaccard"] = W.rule_jaccard(response, reference)
+            if args.math:
+                out["rule_math"] = int(W.math_equivalent(response, reference))
+            yield out
+
+    write_rows_atomic(args.out, out_rows())
+    print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def judge_columns(args, mesh, fields, rows) -> dict[str, list]:
+    """The judge's columns for every row (see the module docstring)."""
     import jax
     from tqdm import tqdm
 
@@ -99,15 +138,11 @@ def run(args: argparse.Namespace) -> int:
             args.judge,
             args.template,
             max_prompt_len=args.max_prompt_len,
-            view=args.view,
             batch_size=args.batch_size,
+            view=args.view,
         )
     except ValueError as e:
         raise RowError(f"judge options: {e}") from None
-    try:
-        mesh = mesh_lib.make_mesh(args.mesh)
-    except mesh_lib.MeshError as e:
-        raise RowError(str(e)) from None
     rows_sharding = None
     if args.batch_size % mesh_lib.batch_size_multiple(mesh) == 0:
         rows_sharding = mesh_lib.batch_sharding(mesh, (args.batch_size,))
@@ -130,40 +165,69 @@ def run(args: argparse.Namespace) -> int:
         tqdm(total=len(prompts), desc="judging", unit="row", file=sys.stderr) as bar,
     ):
         res = judge.score_prompts(prompts, progress=bar.update)
-
-    def out_rows():
-        for i, ((_, row), (_, response, reference)) in enumerate(zip(rows, fields, strict=True)):
-            view = W.response_view(response, cfg.view, cuts[i])
-            out = {
-                **row,
-                "p_yes": float(res.p_yes[i]),
-                "p_no": float(res.p_no[i]),
-                "verdict": W.verdict_label(res.verdict[i]),
-                "verdict_token": m.tokenizer.decode([int(res.greedy[i])]),
-                "soft": float(res.soft[i]),
-                "soft_normalized": float(res.soft_normalized[i]),
-                "binary": int(res.binary[i]),
-                "rule_binary": int(W.rule_binary(response, reference)),
-                "rule_jaccard": W.rule_jaccard(response, reference),
-                "no_answer": int(res.empty[i]),
-                "judge_view": view,
-            }
-            if args.math:
-                out["rule_math"] = int(W.math_equivalent(response, reference))
-            yield out
-
-    write_rows_atomic(args.out, out_rows())
-    cuts = (res.cut_question, res.cut_response, res.cut_hard)
-    if any(cuts):
+    over = (res.cut_question, res.cut_response, res.cut_hard)
+    if any(over):
         print(
-            f"note: judge prompts over {args.max_prompt_len} tokens: {cuts[0]} questions cut, "
-            f"{cuts[1]} response lines cut, {cuts[2]} cut to the prompt's tail",
+            f"note: judge prompts over {args.max_prompt_len} tokens: {over[0]} questions cut, "
+            f"{over[1]} response lines cut, {over[2]} cut to the prompt's tail",
             file=sys.stderr,
         )
-    print(f"wrote {len(rows)} rows to {args.out} ({int(res.empty.sum())} with no answer, "
-          f"verdict NEITHER on {100 * W.neither_rate(res.verdict):.1f}%)",
-          file=sys.stderr)  # fmt: skip
-    return 0
+    print(f"note: {int(res.empty.sum())} responses commit to no answer (judge scores 0); verdict "
+          f"NEITHER on {100 * W.neither_rate(res.verdict):.1f}%", file=sys.stderr)  # fmt: skip
+    return {
+        "p_yes": [float(x) for x in res.p_yes],
+        "p_no": [float(x) for x in res.p_no],
+        "verdict": [W.verdict_label(v) for v in res.verdict],
+        "verdict_token": [m.tokenizer.decode([int(g)]) for g in res.greedy],
+        "soft": [float(x) for x in res.soft],
+        "soft_normalized": [float(x) for x in res.soft_normalized],
+        "binary": [int(x) for x in res.binary],
+        "no_answer": [int(x) for x in res.empty],
+        "judge_view": [W.response_view(f[1], cfg.view, c) for f, c in zip(fields, cuts, strict=True)],
+    }
+
+
+def likelihood_columns(args, mesh, fields) -> dict[str, list]:
+    """`likelihood` and `rlpr` for every row, under the --policy model (rows of one question and
+    reference are scored next to each other, so that they share their prompt's prefill)."""
+    import jax
+    from tqdm import tqdm
+
+    from rlvr_jax.builders import load_sharded, resolve_model_dir
+    from rlvr_jax.checkpoint import CheckpointError
+    from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT
+    from rlvr_jax.likelihood import LikelihoodScorer
+    from rlvr_jax.models.config import ConfigError
+    from rlvr_jax.models.default import DefaultModelError
+
+    try:
+        m = load_sharded(resolve_model_dir(args.policy), mesh)
+    except (ConfigError, CheckpointError, DefaultModelError, OSError) as e:
+        raise RowError(f"--policy: {e}") from None
+    scorer = LikelihoodScorer(m.graphdef, m.tokenizer, args.batch_size, mesh)
+    order = sorted(range(len(fields)), key=lambda i: (fields[i][0], fields[i][2]))
+    ids: dict[str, list[int]] = {}
+    for q, _, _ in fields:
+        if q not in ids:
+            msgs = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                    {"role": "user", "content": q}]  # fmt: skip
+            ids[q] = scorer.prompt_ids(msgs)
+    with (
+        jax.set_mesh(mesh),
+        tqdm(total=len(order), desc="likelihood", unit="row", file=sys.stderr) as bar,
+    ):
+        got = scorer.score(
+            m.state,
+            [ids[fields[i][0]] for i in order],
+            [fields[i][1] for i in order],
+            [fields[i][2] for i in order],
+            progress=bar.update,
+        )
+    out = {"likelihood": [0.0] * len(fields), "rlpr": [0.0] * len(fields)}
+    for j, i in enumerate(order):
+        out["likelihood"][i] = float(got["likelihood"][j])
+        out["rlpr"][i] = float(got["rlpr"][j])
+    return out
 
 
 if __name__ == "__main__":
