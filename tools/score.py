@@ -20,8 +20,8 @@ nothing; every judge reward is 0), `judge_view` (what the judge read); with --po
 policy prompted with the paper's system prompt and the question): `likelihood` (mean log-prob of
 the reference after the response's reasoning) and `rlpr` (RLPR's debiased mean probability), see
 rlvr_jax/likelihood.py; always `rule_binary` (reference occurs in the response), `rule_jaccard`
-(word overlap with the last line) and, with --math, `rule_math` (math-verify). Judge prompts over budget are cut by rlvr_jax.reward's rule; the counts
-are printed.
+(word overlap with the last line) and, with --math, `rule_math` (math-verify). Judge prompts over
+budget are cut by rlvr_jax.reward's rule; the counts are printed.
 """
 
 from __future__ import annotations
@@ -183,7 +183,9 @@ def judge_columns(args, mesh, fields, rows) -> dict[str, list]:
         "soft_normalized": [float(x) for x in res.soft_normalized],
         "binary": [int(x) for x in res.binary],
         "no_answer": [int(x) for x in res.empty],
-        "judge_view": [W.response_view(f[1], cfg.view, c) for f, c in zip(fields, cuts, strict=True)],
+        "judge_view": [
+            W.response_view(f[1], cfg.view, c) for f, c in zip(fields, cuts, strict=True)
+        ],
     }
 
 
