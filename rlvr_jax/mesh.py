@@ -377,8 +377,8 @@ def initialize_distributed(cfg: Any = None, initialize: Callable[..., None] | No
     """
     initialize = initialize or jax.distributed.initialize
     get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
-    mode = get("distributed", "auto")
-    if mode in (False, "off"):
+    mode = str(get("distributed", "auto")).lower()  # a command-line override arrives as text
+    if mode in ("false", "off", "0", "no"):
         return False
     if jax.distributed.is_initialized():
         return True

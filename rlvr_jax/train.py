@@ -10,6 +10,7 @@ the whole TrainState are checkpointed). This file orchestrates; the math lives i
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
+from rlvr_jax import multihost as mh
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
@@ -70,8 +72,9 @@ def _ckpt_dir(workdir: Path) -> Path:
 
 
 def latest_checkpoint(workdir: Path) -> int | None:
-    """The newest complete checkpoint step (orbax renames a finished write into place)."""
-    return checkpoint.latest_step(_ckpt_dir(workdir))
+    """The newest complete checkpoint step (orbax renames a finished write into place), as
+    process 0 sees it: every process resumes from the same step."""
+    return mh.from_main(checkpoint.latest_step(_ckpt_dir(workdir)))
 
 
 def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
@@ -117,7 +120,8 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     # Plan memory per device before loading or compiling anything: a run that cannot fit stops
     # here with the largest term named, not in an out-of-memory error minutes later.
     plan = memory.plan_memory(*_plan_args(cfg, mesh))
-    (workdir / "memory_plan.txt").write_text(plan.table() + "\n")
+    if mh.is_main():
+        (workdir / "memory_plan.txt").write_text(plan.table() + "\n")
     memory.check_fits(plan, memory.device_memory_bytes())
     policy = builders.build_policy(cfg, mesh)
     train = builders.build_examples(cfg, "train")
@@ -127,9 +131,10 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     )
     test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts)]
     b = int(cfg.rollout.prompts_per_step)
-    train_it = data.BatchIterator(
-        train_ex, b, int(cfg.seed), jax.process_index(), jax.process_count()
-    )
+    # Every process iterates the whole global batch (not a 1/process_count share): the judge and
+    # the host-side rewards need every row on every process (see multihost.py), and the batches
+    # are then those of one process whatever the process count.
+    train_it = data.BatchIterator(train_ex, b, int(cfg.seed))
     steps = int(cfg.train.steps)
     optimizer = update.make_optimizer(cfg.optim, steps)
     trainable = update.trainable_filter(policy.cfg.num_layers, int(cfg.optim.train_layers))
@@ -210,7 +215,8 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         )
     )
     rows = [ex for ex in examples for _ in range(g)]
-    toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
+    # The whole rollout on every process (a gather across processes): see multihost.py.
+    toks, cmask = mh.to_host(ro.tokens), mh.to_host(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(rows))]
     t0 = time.perf_counter()
     scores = run.rewards.score(rows, responses)
@@ -244,10 +250,10 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     for _ in range(int(cfg.rl.ppo_epochs)):
         state, m = run.train_step(state, batch)
         first = first or m
-    m = jax.device_get(m)
+    m = mh.tree_to_host(m)
     t_update = time.perf_counter() - t0
 
-    mf = np.asarray(ro.mask, np.float32)
+    mf = cmask.astype(np.float32)
     n_tok = float(mf.sum())
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
     out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
@@ -263,15 +269,15 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         np.std(np.asarray(losses.normalize_rewards(rewards, g, str(cfg.rl.norm))))
     )
     if logp_ref is not None:
-        k1 = (np.asarray(ro.logprobs) - np.asarray(logp_ref)) * mf
+        k1 = (mh.to_host(ro.logprobs) - mh.to_host(logp_ref)) * mf
         out["kl/mean"] = float(k1.sum() / max(n_tok, 1.0))
     out.update({f"train/{k}": float(np.asarray(v)) for k, v in m.items()})
     # Drift is measured on the first update, before the policy has moved.
-    out["train/logp_drift"] = float(np.asarray(jax.device_get(first["logp_drift"])))
+    out["train/logp_drift"] = float(mh.to_host(first["logp_drift"]))
     out["rollout/response_len"] = float(mf.sum(1).mean())
-    out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
+    out["rollout/truncation_rate"] = float(1.0 - mh.to_host(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
-    seq_tok = float(np.asarray(attn).sum())  # prompt + completion tokens a forward pass reads
+    seq_tok = float(mh.to_host(attn).sum())  # prompt + completion tokens a forward pass reads
     n_epochs = int(cfg.rl.ppo_epochs)
     for name, secs, toks_done in (
         ("rollout", t_roll, n_tok),
@@ -303,7 +309,7 @@ def evaluate_greedy(run: Run, state: update.TrainState) -> dict:
         stop_ids=tok.stop_ids,
         pad_id=tok.pad_id,
     )
-    toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
+    toks, cmask = mh.to_host(ro.tokens), mh.to_host(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(run.test_examples))]
     scores = run.rewards.score(run.test_examples, responses)
     return {f"eval/{k}": float(np.mean(v)) for k, v in scores.items() if k != "judge_truncated"}
@@ -326,7 +332,8 @@ def train(
         mesh_lib.initialize_distributed(cfg.mesh)
     workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    if mh.is_main():
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     run, state = build(cfg, workdir, mesh_flag)
     # Inside the mesh context the model's activation-row constraints apply (see mesh.py).
     with jax.set_mesh(run.mesh):
@@ -394,18 +401,28 @@ def _loop(run: Run, state: update.TrainState, stop_after: int | None) -> list[di
 
 
 def finish(run: Run, state: update.TrainState) -> None:
-    """End of run: HF export of the policy and the curves plot."""
-    if run.cfg.train.export_hf and jax.process_index() == 0:
+    """End of run: HF export of the policy and the curves plot (process 0 writes both).
+
+    Every process gathers the params (a collective); process 0 writes the export next to the
+    old one and swaps it in, so `hf/` is always a complete model; the others wait for it.
+    """
+    if run.cfg.train.export_hf:
         from rlvr_jax.models import hf_io
 
+        params = mh.tree_to_host(state.params)
         out = run.workdir / "hf"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        hf_io.save_hf(out, run.policy.cfg, jax.device_get(state.params), run.policy.tokenizer)
-        print(f"rlvr_jax: exported the policy as a Hugging Face model to {out}", file=sys.stderr)
-    if (run.workdir / "metrics.jsonl").exists():
+        if mh.is_main():
+            new, old = out.with_name(".hf.new"), out.with_name(".hf.old")
+            for d in (new, old):
+                shutil.rmtree(d, ignore_errors=True)
+            hf_io.save_hf(new, run.policy.cfg, params, run.policy.tokenizer)
+            if out.exists():
+                out.rename(old)
+            new.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+            print(f"rlvr_jax: exported the policy as a Hugging Face model to {out}", file=sys.stderr)
+        mh.barrier("rlvr_jax.train.export_hf")
+    if mh.is_main() and (run.workdir / "metrics.jsonl").exists():
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
 
