@@ -38,7 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rlvr_jax import agreement, builders, checkpoint, data, probes, reward
+from rlvr_jax import agreement, builders, checkpoint, data, multihost, probes, reward
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.models.config import ConfigError
 from rlvr_jax.models.default import DefaultModelError
@@ -278,8 +278,7 @@ def evaluate(
     has_judge = bool(str(cfg.judge.model))
     if not has_judge and cfg.judge.reward in builders.JUDGE_REWARDS:
         cfg.judge.reward = "rule_binary"  # evaluate optimises nothing; rules only without a judge
-    if cfg.mesh.distributed:
-        mesh_lib.initialize_distributed(cfg.mesh)
+    multihost.join(cfg.mesh)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     bar_kw = dict(disable=quiet or jax.process_index() != 0, file=sys.stderr, dynamic_ncols=True)
 
@@ -418,7 +417,7 @@ def main(argv: list[str], fl: dict[str, Any]) -> None:
     except (EvalError, ConfigError, data.DataError, mesh_lib.MeshError,
             checkpoint.CheckpointError, DefaultModelError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        multihost.exit_job(2)
     print(res["table"], end="")
     print(f"wrote {res['files']['results']}", file=sys.stderr)
 

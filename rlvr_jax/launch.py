@@ -135,7 +135,9 @@ def launch(
     try:
         while any(p.poll() is None for p in procs):
             if failed is None:
-                bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+                bad = [
+                    (i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)
+                ]
                 if bad:
                     failed = bad[0]
                     _signal_all(procs, signal.SIGTERM)

@@ -22,6 +22,8 @@ scores and the second synchronisation that splitting the rows per process would 
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import jax
@@ -69,3 +71,36 @@ def from_main(value: int | None) -> int | None:
     v = multihost_utils.broadcast_one_to_all(np.int64(-1 if value is None else value))
     v = int(v)
     return None if v == -1 else v
+
+
+def join(mesh_cfg: Any = None) -> bool:
+    """Join the multi-process job the config's `mesh` section or the environment describes
+    (`mesh.initialize_distributed`); returns True when joined.
+
+    A joined process that fails then exits at once (`exit_job`): left to itself, Python's exit
+    waits at JAX's shutdown barrier for peers that are blocked in the next collective, and the
+    job hangs until the coordination service's timeouts. Exiting closes this process's
+    connections, so the peers' collectives fail and they exit the same way.
+    """
+    from rlvr_jax import mesh as mesh_lib
+
+    joined = mesh_lib.initialize_distributed(mesh_cfg)
+    if joined and jax.process_count() > 1:
+        hook = sys.excepthook
+
+        def fail_fast(kind, value, tb):
+            hook(kind, value, tb)
+            exit_job(1)
+
+        sys.excepthook = fail_fast
+    return joined
+
+
+def exit_job(code: int) -> None:
+    """End this process with `code`. In a multi-process job, at once (no atexit handlers, no
+    shutdown barrier; see `join`), after flushing what it printed."""
+    if jax.process_count() == 1:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -41,8 +41,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rlvr_jax.models.kv_cache import KVCache
-from rlvr_jax.multihost import to_host
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
+from rlvr_jax.multihost import to_host
 from rlvr_jax.rules import last_nonempty_line
 from rlvr_jax.rules import math_equivalent as math_equivalent  # rule rewards, re-exported
 from rlvr_jax.rules import rule_binary as rule_binary

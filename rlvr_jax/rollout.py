@@ -50,8 +50,8 @@ from rlvr_jax.models.decode import (
     use_decode_layout,
 )
 from rlvr_jax.models.kv_cache import KVCache
-from rlvr_jax.multihost import to_host
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
+from rlvr_jax.multihost import to_host
 from rlvr_jax.tokenizer import Message, Tokenizer, bucket_length, left_pad
 
 PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)

@@ -24,8 +24,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from rlvr_jax import builders, checkpoint, data, host_memory, losses, memory, update
-from rlvr_jax import multihost as mh
 from rlvr_jax import mesh as mesh_lib
+from rlvr_jax import multihost as mh
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
@@ -328,8 +328,7 @@ def train(
 
     stop_after: return after this many steps of this call (tests use it to emulate a kill).
     """
-    if cfg.mesh.distributed:
-        mesh_lib.initialize_distributed(cfg.mesh)
+    mh.join(cfg.mesh)
     workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
     workdir.mkdir(parents=True, exist_ok=True)
     if mh.is_main():
@@ -420,7 +419,9 @@ def finish(run: Run, state: update.TrainState) -> None:
                 out.rename(old)
             new.rename(out)
             shutil.rmtree(old, ignore_errors=True)
-            print(f"rlvr_jax: exported the policy as a Hugging Face model to {out}", file=sys.stderr)
+            print(
+                f"rlvr_jax: exported the policy as a Hugging Face model to {out}", file=sys.stderr
+            )
         mh.barrier("rlvr_jax.train.export_hf")
     if mh.is_main() and (run.workdir / "metrics.jsonl").exists():
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
@@ -443,7 +444,7 @@ def main(argv: list[str]) -> None:
         RunStopped,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        mh.exit_job(2)
 
 
 if __name__ == "__main__":
