@@ -135,8 +135,8 @@ def test_two_processes_equal_one(jobs):
     assert "eval/soft" in a[-1] and "kl/mean" in a[-1]  # the judge and the reference ran
     # Checkpoints: the same steps kept, written once into one directory by both processes.
     for run in ("tiny", "judged"):
-        steps = lambda d: sorted(p.name for p in (d / run / "checkpoints").iterdir())  # noqa: E731
-        assert steps(one) == steps(two) and steps(two)
+        kept = [sorted(p.name for p in (d / run / "checkpoints").iterdir()) for d in (one, two)]
+        assert kept[0] == kept[1] and kept[1], kept
     # The HF export: complete, with weights equal to the one-process export.
     from safetensors.numpy import load_file
 
