@@ -31,7 +31,8 @@ class CheckpointError(RuntimeError):
 
 
 def _single_device_sharding() -> jax.sharding.Sharding:
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # This process's first device: in a multi-process job, jax.devices()[0] is process 0's.
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def _with_sharding(x: Any) -> Any:
