@@ -133,7 +133,8 @@ def launch(
     failed: tuple[int, int] | None = None
     deadline: float | None = None
     try:
-        while any(p.poll() is None for p in procs):
+        # poll() every process each round (it also records a finished one's exit code).
+        while [p.poll() for p in procs].count(None):
             if failed is None:
                 bad = [
                     (i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)

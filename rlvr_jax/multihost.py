@@ -90,6 +90,11 @@ def join(mesh_cfg: Any = None) -> bool:
 
         def fail_fast(kind, value, tb):
             hook(kind, value, tb)
+            i, n = jax.process_index(), jax.process_count()
+            # A peer's death reaches the others as an error (or timeout) of their next collective.
+            msg = f"error: process {i} of {n} stopped on {kind.__name__}"
+            hint = "if a collective failed, another process may have died first (see its log)"
+            print(f"{msg}; {hint}", file=sys.stderr)
             exit_job(1)
 
         sys.excepthook = fail_fast

@@ -235,7 +235,7 @@ def test_one_process_killed_the_other_exits_on_its_own(tmp_path):
         for p in procs:
             p.kill()
     assert procs[0].returncode == 1, log[-2000:]
-    assert "Traceback" in log and "Error" in log.splitlines()[-1], log[-2000:]
+    assert "error: process 0 of 2 stopped on" in log.splitlines()[-1], log[-2000:]
     # gloo gives up on a dead peer after its 30 s timeout; far below JAX's 100 s heartbeat.
     assert took < 60, took
     print(f"survivor exited {took:.1f} s after its peer was killed: {log.splitlines()[-1]}")
