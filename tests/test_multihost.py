@@ -264,3 +264,19 @@ def test_process_env_replaces_the_device_count():
     assert env["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:1234"
     assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("4", "1")
     assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=2"]
+
+
+def test_launcher_forwards_sigterm():
+    """SIGTERM to the launcher reaches both processes (each in its own session, so a terminal's
+    signal would not); the job ends at once and says so."""
+    code = "import time; print('up', flush=True); time.sleep(120)"
+    job = subprocess.Popen([*LAUNCH[:-1], "--", sys.executable, "-c", code], cwd=ROOT, env=_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert job.stdout is not None
+    seen = {job.stdout.readline().split()[0] for _ in range(2)}
+    assert seen == {"[p0]", "[p1]"}
+    t0 = time.time()
+    job.send_signal(signal.SIGTERM)
+    err = job.communicate(timeout=30)[1]
+    assert job.returncode != 0 and time.time() - t0 < 10
+    assert "the job was stopped by SIGTERM" in err, err
