@@ -99,7 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
-    c.mesh.distributed = False  # call jax.distributed.initialize (multi-host)
+    # Join a multi-process job (jax.distributed.initialize): "auto" when the environment names one
+    # (JAX_COORDINATOR_ADDRESS, as rlvr_jax.launch sets, SLURM, Open MPI, a TPU pod), or True/False.
+    c.mesh.distributed = "auto"
+    # Seconds without a heartbeat after which the job's other processes stop (None: JAX's 100 s).
+    c.mesh.heartbeat_timeout_s = None
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 20

@@ -31,7 +31,8 @@ class CheckpointError(RuntimeError):
 
 
 def _single_device_sharding() -> jax.sharding.Sharding:
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # This process's first device: in a multi-process job, jax.devices()[0] is process 0's.
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def _with_sharding(x: Any) -> Any:
@@ -76,7 +77,8 @@ def save_step(folder: str | Path, step: int, tree: PyTree, keep: int) -> None:
     but the `keep` newest steps (keep <= 0: keep every step)."""
     d = Path(folder)
     save_pytree(d / str(step), tree, overwrite=True)
-    for old in _steps(d)[:-keep] if keep > 0 else []:
+    # Every process of a multi-process job calls this (orbax's save is collective); one prunes.
+    for old in _steps(d)[:-keep] if keep > 0 and jax.process_index() == 0 else []:
         shutil.rmtree(d / str(old), ignore_errors=True)
 
 

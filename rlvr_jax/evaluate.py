@@ -41,7 +41,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rlvr_jax import agreement, builders, checkpoint, data, probes, reward
+from rlvr_jax import agreement, builders, checkpoint, data, multihost, probes, reward
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.models.config import ConfigError
 from rlvr_jax.models.default import DefaultModelError
@@ -295,8 +295,7 @@ def evaluate(
         cfg.judge.reward = "rule_binary"  # evaluate optimises nothing; rules only without a judge
     if cfg.judge.reward in builders.LIKELIHOOD_REWARDS:
         cfg.judge.reward = "soft" if has_judge else "rule_binary"  # evaluate judges with its judge
-    if cfg.mesh.distributed:
-        mesh_lib.initialize_distributed(cfg.mesh)
+    multihost.join(cfg.mesh)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     bar_kw = dict(disable=quiet or jax.process_index() != 0, file=sys.stderr, dynamic_ncols=True)
 
@@ -460,7 +459,7 @@ def main(argv: list[str], fl: dict[str, Any]) -> None:
     except (EvalError, ConfigError, data.DataError, mesh_lib.MeshError,
             checkpoint.CheckpointError, DefaultModelError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        multihost.exit_job(2)
     print(res["table"], end="")
     print(f"wrote {res['files']['results']}", file=sys.stderr)
 

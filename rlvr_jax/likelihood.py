@@ -45,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from rlvr_jax import mesh as mesh_lib
+from rlvr_jax import multihost as mh
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, positions_from_mask
 from rlvr_jax.tokenizer import Message, Tokenizer, left_pad
@@ -307,7 +308,7 @@ class LikelihoodScorer:
             out = likelihood_pass(self.graphdef, params, *arrays, ref_len=hb.ref_mask.shape[1])
             k = sl.stop - sl.start
             for name in ("likelihood", "rlpr", "mean_p", "base_p"):
-                cols[name][sl] = np.asarray(getattr(out, name))[:k]
+                cols[name][sl] = mh.to_host(getattr(out, name))[:k]
             cols["answer_line"][sl] = hb.has_line[:k]
             cols["reasoning_cut"][sl] = hb.cut[:k]
             if progress is not None:

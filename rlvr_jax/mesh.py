@@ -371,14 +371,15 @@ def initialize_distributed(cfg: Any = None, initialize: Callable[..., None] | No
 
     `cfg` is the config's `mesh` section (ConfigDict or mapping) with optional fields:
     `distributed` (False: never; True: always; "auto": when a cluster is detected),
-    `coordinator_address` ("host:port"), `num_processes`, `process_id`, `local_device_ids`.
+    `coordinator_address` ("host:port"), `num_processes`, `process_id`, `local_device_ids`,
+    `heartbeat_timeout_s` (how soon the others learn that a process died; JAX's default 100 s).
     Fields left unset come from the environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
     JAX_PROCESS_ID, or jax's own detection of SLURM, Open MPI and Cloud TPU pod slices.
     """
     initialize = initialize or jax.distributed.initialize
     get = (lambda k, d=None: cfg.get(k, d)) if cfg is not None else (lambda k, d=None: d)
-    mode = get("distributed", "auto")
-    if mode in (False, "off"):
+    mode = str(get("distributed", "auto")).lower()  # a command-line override arrives as text
+    if mode in ("false", "off", "0", "no"):
         return False
     if jax.distributed.is_initialized():
         return True
@@ -389,6 +390,7 @@ def initialize_distributed(cfg: Any = None, initialize: Callable[..., None] | No
         "num_processes": get("num_processes") or _env_int("JAX_NUM_PROCESSES"),
         "process_id": _env_int("JAX_PROCESS_ID") if process_id is None else process_id,
         "local_device_ids": get("local_device_ids"),
+        "heartbeat_timeout_seconds": get("heartbeat_timeout_s"),
     }
     if mode == "auto" and not (kwargs["coordinator_address"] or cluster_detected()):
         return False

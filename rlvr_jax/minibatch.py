@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rlvr_jax import multihost as mh
 from rlvr_jax.data import DataError
 
 
@@ -93,7 +94,7 @@ def run_steps(
     for idx in order:
         state, m = train_step(state, take_rows(batch, idx))
         mets.append(m)
-    mets = jax.device_get(mets)
+    mets = mh.tree_to_host(mets)
     out = {}
     for k in mets[0]:
         vals = np.stack([np.asarray(m[k], np.float64) for m in mets])

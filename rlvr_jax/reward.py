@@ -49,6 +49,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from rlvr_jax.answers import answer_view
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
+from rlvr_jax.multihost import to_host
 from rlvr_jax.rules import last_nonempty_line
 from rlvr_jax.rules import math_equivalent as math_equivalent  # rule rewards, re-exported
 from rlvr_jax.rules import rule_binary as rule_binary
@@ -533,7 +534,8 @@ class Judge:
             out = judge_scores_shared_prefix(self.graphdef, self.state, prefix, ids, mask, *args)
         else:
             out = judge_scores(self.graphdef, self.state, ids, mask, *args)
-        return jax.tree.map(lambda x: np.asarray(x)[:k], out)
+        # to_host: rows split over other processes' devices are gathered (multihost.py).
+        return jax.tree.map(lambda x: to_host(x)[:k], out)
 
     def score(
         self,

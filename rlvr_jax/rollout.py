@@ -51,6 +51,7 @@ from rlvr_jax.models.decode import (
 )
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
+from rlvr_jax.multihost import to_host
 from rlvr_jax.tokenizer import Message, Tokenizer, bucket_length, left_pad
 
 PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
@@ -394,8 +395,9 @@ class Completion:
 
 def completions_from(rollout: Rollout, tokenizer: Tokenizer, rows: int | None = None) -> list:
     """The first `rows` rows of a Rollout as `Completion`s (text without special tokens)."""
-    toks, mask = np.asarray(rollout.tokens), np.asarray(rollout.mask)
-    lps, stopped = np.asarray(rollout.logprobs), np.asarray(rollout.stopped)
+    # to_host: rows split over other processes' devices are gathered (every process calls this).
+    toks, mask = to_host(rollout.tokens), to_host(rollout.mask)
+    lps, stopped = to_host(rollout.logprobs), to_host(rollout.stopped)
     out = []
     for r in range(toks.shape[0] if rows is None else rows):
         ids = toks[r][mask[r]].tolist()

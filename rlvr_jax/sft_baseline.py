@@ -15,11 +15,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import builders, update
+from rlvr_jax import multihost as mh
 
 
 def target_ids(run: Any, examples: list, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,10 +54,10 @@ def sft_step(run: Any, state: update.TrainState, step: int) -> tuple[update.Trai
     adv = mask.astype(jnp.float32)
     batch = update.Batch(tokens, attn, mask, adv, logp, None)
     state, m = run.train_step(state, batch)
-    m = jax.device_get(m)
+    m = mh.tree_to_host(m)
     mf = np.asarray(mask, np.float32)
     out = {f"train/{k}": float(np.asarray(v)) for k, v in m.items()}
-    out["sft/nll"] = float(-(np.asarray(logp) * mf).sum() / max(mf.sum(), 1.0))
+    out["sft/nll"] = float(-(mh.to_host(logp) * mf).sum() / max(mf.sum(), 1.0))
     out["rollout/response_len"] = float(mf.sum(1).mean())
     out["time/update_s"] = time.perf_counter() - t0
     return state, out

@@ -11,6 +11,7 @@ the whole TrainState are checkpointed). This file orchestrates; the math lives i
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from rlvr_jax import (
     update,
 )
 from rlvr_jax import mesh as mesh_lib
+from rlvr_jax import multihost as mh
 from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.hooks import HookContext, Hooks
@@ -88,8 +90,9 @@ def _ckpt_dir(workdir: Path) -> Path:
 
 
 def latest_checkpoint(workdir: Path) -> int | None:
-    """The newest complete checkpoint step (orbax renames a finished write into place)."""
-    return checkpoint.latest_step(_ckpt_dir(workdir))
+    """The newest complete checkpoint step (orbax renames a finished write into place), as
+    process 0 sees it: every process resumes from the same step."""
+    return mh.from_main(checkpoint.latest_step(_ckpt_dir(workdir)))
 
 
 def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
@@ -136,7 +139,8 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     # Plan memory per device before loading or compiling anything: a run that cannot fit stops
     # here with the largest term named, not in an out-of-memory error minutes later.
     plan = memory.plan_memory(*_plan_args(cfg, mesh))
-    (workdir / "memory_plan.txt").write_text(plan.table() + "\n")
+    if mh.is_main():
+        (workdir / "memory_plan.txt").write_text(plan.table() + "\n")
     memory.check_fits(plan, memory.device_memory_bytes())
     policy = builders.build_policy(cfg, mesh)
     train = builders.build_examples(cfg, "train")
@@ -146,9 +150,10 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     )
     test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts) or None]
     b = int(cfg.rollout.prompts_per_step)
-    train_it = data.BatchIterator(
-        train_ex, b, int(cfg.seed), jax.process_index(), jax.process_count()
-    )
+    # Every process iterates the whole global batch (not a 1/process_count share): the judge and
+    # the host-side rewards need every row on every process (see multihost.py), and the batches
+    # are then those of one process whatever the process count.
+    train_it = data.BatchIterator(train_ex, b, int(cfg.seed))
     n = b * int(cfg.rollout.samples_per_prompt)
     train_batch, micro = minibatch.resolve_train_batch(
         n, int(cfg.rl.train_batch), int(cfg.optim.micro_batch)
@@ -237,12 +242,13 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         )
     )
     rows = [ex for ex in examples for _ in range(g)]
-    toks, cmask = np.asarray(ro.tokens), np.asarray(ro.mask)
+    # The whole rollout on every process (a gather across processes): see multihost.py.
+    toks, cmask = mh.to_host(ro.tokens), mh.to_host(ro.mask)
     responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(rows))]
     scores = run.rewards.score(
         rows,
         responses,
-        ~np.asarray(ro.stopped),
+        ~mh.to_host(ro.stopped),
         policy_params=state.params,
         reference_params=run.ref_params,
     )
@@ -284,7 +290,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     state, m = minibatch.run_steps(run.train_step, state, batch, order)
     t_update = time.perf_counter() - t0
 
-    mf = np.asarray(ro.mask, np.float32)
+    mf = cmask.astype(np.float32)
     n_tok = float(mf.sum())
     skip = ("judge_truncated", "judge_verdict")
     out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k not in skip}
@@ -304,17 +310,17 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         np.std(np.asarray(losses.normalize_rewards(rewards, g, str(cfg.rl.norm))))
     )
     if logp_ref is not None:
-        k1 = (np.asarray(ro.logprobs) - np.asarray(logp_ref)) * mf
+        k1 = (mh.to_host(ro.logprobs) - mh.to_host(logp_ref)) * mf
         out["kl/mean"] = float(k1.sum() / max(n_tok, 1.0))
     # Step metrics averaged over the rollout's optimizer steps; logp_drift is the first step's,
     # measured before the policy moved (see minibatch.run_steps).
     out.update({f"train/{k}": float(np.asarray(v)) for k, v in m.items()})
-    out["train/opt_step_total"] = int(jax.device_get(state.step))  # updates applied in the run
+    out["train/opt_step_total"] = int(mh.to_host(state.step))  # updates applied in the run
     out["rollout/response_len"] = float(mf.sum(1).mean())
-    out["rollout/truncation_rate"] = float(1.0 - np.asarray(ro.stopped).mean())
+    out["rollout/truncation_rate"] = float(1.0 - mh.to_host(ro.stopped).mean())
     out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
     out.update(guards.step_metrics(run.rewards, examples, cfg.train.guards.probes))
-    seq_tok = float(np.asarray(attn).sum())  # prompt + completion tokens a forward pass reads
+    seq_tok = float(mh.to_host(attn).sum())  # prompt + completion tokens a forward pass reads
     for name, secs, toks_done in (
         ("rollout", t_roll, n_tok),
         ("judge", t_judge, len(rows)),
@@ -342,11 +348,11 @@ def train(
 
     stop_after: return after this many steps of this call (tests use it to emulate a kill).
     """
-    if cfg.mesh.distributed:
-        mesh_lib.initialize_distributed(cfg.mesh)
+    mh.join(cfg.mesh)
     workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    if mh.is_main():
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     run, state = build(cfg, workdir, mesh_flag)
     # Inside the mesh context the model's activation-row constraints apply (see mesh.py).
     with jax.set_mesh(run.mesh):
@@ -461,22 +467,34 @@ def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks
 
 
 def finish(run: Run, state: update.TrainState) -> None:
-    """End of run: HF export of the policy, the curves plot, and the held-out summary line (also
-    in WORKDIR/summary.json)."""
-    if run.cfg.train.export_hf and jax.process_index() == 0:
+    """End of run: HF export of the policy, the curves plot and the held-out summary line (also in
+    WORKDIR/summary.json); process 0 writes them.
+
+    Every process gathers the params (a collective); process 0 writes the export next to the
+    old one and swaps it in, so `hf/` is always a complete model; the others wait for it.
+    """
+    if run.cfg.train.export_hf:
         from rlvr_jax.models import hf_io
 
+        params = mh.tree_to_host(state.params)
         out = run.workdir / "hf"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        hf_io.save_hf(out, run.policy.cfg, jax.device_get(state.params), run.policy.tokenizer)
-        print(f"rlvr_jax: exported the policy as a Hugging Face model to {out}", file=sys.stderr)
-    if (run.workdir / "metrics.jsonl").exists():
+        if mh.is_main():
+            new, old = out.with_name(".hf.new"), out.with_name(".hf.old")
+            for d in (new, old):
+                shutil.rmtree(d, ignore_errors=True)
+            hf_io.save_hf(new, run.policy.cfg, params, run.policy.tokenizer)
+            if out.exists():
+                out.rename(old)
+            new.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+            print(
+                f"rlvr_jax: exported the policy as a Hugging Face model to {out}", file=sys.stderr
+            )
+        mh.barrier("rlvr_jax.train.export_hf")
+    if mh.is_main() and (run.workdir / "metrics.jsonl").exists():
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
-    if jax.process_index() == 0:
+    if mh.is_main():
         judge = str(run.cfg.judge.eval_model) or str(run.cfg.judge.model) or "rule"
         summary = heldout.summarize(run.workdir, judge)
         if summary is not None:
@@ -499,7 +517,7 @@ def main(argv: list[str]) -> None:
         RunStopped,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        mh.exit_job(2)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rlvr_jax import mesh as mesh_lib
+    from rlvr_jax import multihost
     from rlvr_jax import rollout as R
     from rlvr_jax.builders import load_sharded
     from rlvr_jax.checkpoint import CheckpointError
@@ -96,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         sc = R.SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     except ValueError as e:
         raise RowError(f"sampling options: {e}") from None
+    # A multi-process job (the JAX_* variables, as rlvr_jax.launch or a cluster sets them):
+    # every process computes the same rows; process 0 writes the output file.
+    multihost.join()
     try:
         mesh = mesh_lib.make_mesh(args.mesh)
     except mesh_lib.MeshError as e:
@@ -125,7 +129,13 @@ def run(args: argparse.Namespace) -> int:
     bs = args.batch_size
     with (
         jax.set_mesh(mesh),
-        tqdm(total=len(seqs), desc="sampling", unit="prompt", file=sys.stderr) as bar,
+        tqdm(
+            total=len(seqs),
+            desc="sampling",
+            unit="prompt",
+            file=sys.stderr,
+            disable=not multihost.is_main(),
+        ) as bar,
     ):
         for b, s in enumerate(range(0, len(order), bs)):
             idx = order[s : s + bs]
@@ -151,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
                     "sample": g,
                 }
 
+    if not multihost.is_main():
+        return 0
     write_rows_atomic(args.out, out_rows())
     if cut:
         print(f"note: {cut} prompts were longer than {max(R.PROMPT_BUCKETS)} tokens; "

@@ -95,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
         raise RowError("give --judge, --policy or both")
 
     from rlvr_jax import mesh as mesh_lib
+    from rlvr_jax import multihost
 
+    # A multi-process job (the JAX_* variables, as rlvr_jax.launch or a cluster sets them):
+    # every process computes the same rows; process 0 writes the output file.
+    multihost.join()
     try:
         mesh = mesh_lib.make_mesh(args.mesh)
     except mesh_lib.MeshError as e:
@@ -117,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 out["rule_math"] = int(W.math_equivalent(response, reference))
             yield out
 
+    if not multihost.is_main():
+        return 0
     write_rows_atomic(args.out, out_rows())
     print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
     return 0
@@ -128,6 +134,7 @@ def judge_columns(args, mesh, fields, rows) -> dict[str, list]:
     from tqdm import tqdm
 
     from rlvr_jax import mesh as mesh_lib
+    from rlvr_jax import multihost
     from rlvr_jax import reward as W
     from rlvr_jax.builders import load_sharded
     from rlvr_jax.checkpoint import CheckpointError
@@ -162,7 +169,13 @@ def judge_columns(args, mesh, fields, rows) -> dict[str, list]:
             raise RowError(f"{where}: --template does not format: {e!r}") from None
     with (
         jax.set_mesh(mesh),
-        tqdm(total=len(prompts), desc="judging", unit="row", file=sys.stderr) as bar,
+        tqdm(
+            total=len(prompts),
+            desc="judging",
+            unit="row",
+            file=sys.stderr,
+            disable=not multihost.is_main(),
+        ) as bar,
     ):
         res = judge.score_prompts(prompts, progress=bar.update)
     over = (res.cut_question, res.cut_response, res.cut_hard)

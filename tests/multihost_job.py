@@ -1,0 +1,94 @@
+"""One job for tests/test_multihost.py: the same work on 1 process x 4 devices or, under
+`rlvr_jax.launch`, 2 processes x 2 devices; every output goes under OUT.
+
+    python tests/multihost_job.py OUT MODEL_DIR DATA_JSONL
+
+Runs, in one process start (JAX import and compiles are most of a CPU test's time):
+1. the tiny RL run (configs/tiny.py, rule reward), 6 steps, checkpoints every 2 -> OUT/tiny;
+2. an RL run of the tiny model in MODEL_DIR judged by its initial self (judge.model "policy",
+   soft reward), with held-out evaluation and the HF export -> OUT/judged;
+3. tools/sample.py and tools/score.py on MODEL_DIR -> OUT/samples.jsonl, OUT/scores.jsonl;
+4. rlvr_jax.evaluate of MODEL_DIR judged by itself -> OUT/eval/results.json (and its siblings).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+TINY_STEPS, TINY_CKPT = 6, 2
+
+
+def tiny_overrides() -> list[str]:
+    """The tiny run's command-line overrides (the kill test launches the same run as a CLI)."""
+    return [
+        f"--config.train.steps={TINY_STEPS}",
+        f"--config.train.ckpt_every={TINY_CKPT}",
+        "--config.train.tensorboard=False",
+    ]
+
+
+def judged_config(model_dir: str, data_file: str):
+    from configs import base
+
+    c = base.get_config()
+    c.name = "judged"
+    c.policy.model = model_dir
+    c.policy.dtype = "float32"
+    c.judge.model = "policy"
+    c.judge.reward = "soft"
+    c.judge.template = "short"
+    c.judge.max_prompt_len = 128
+    c.judge.batch_size = 8
+    c.data.train = (data_file,)
+    c.data.test = (data_file,)
+    c.data.system_prompt = ""
+    c.rollout.prompts_per_step = 4
+    c.rollout.samples_per_prompt = 2
+    c.rollout.max_prompt_len = 64
+    c.rollout.max_new_tokens = 4
+    c.rl.beta = 0.01  # the reference forward and the KL metric run too
+    c.optim.lr = 1e-3
+    c.optim.micro_batch = 8
+    c.train.steps = 2
+    c.train.ckpt_every = 1
+    c.train.eval_every = 1
+    c.train.eval_prompts = 4
+    c.train.export_hf = True
+    c.train.tensorboard = False
+    return c
+
+
+def main(out: Path, model_dir: str, data_file: str) -> None:
+    from configs import tiny
+    from rlvr_jax import evaluate, multihost, train
+
+    multihost.join()  # from the environment; one process without it
+    tcfg = tiny.get_config()
+    tcfg.train.steps, tcfg.train.ckpt_every, tcfg.train.tensorboard = TINY_STEPS, TINY_CKPT, False
+    train.train(tcfg, out / "tiny")
+    train.train(judged_config(model_dir, data_file), out / "judged")
+
+    import sample
+    import score
+
+    assert sample.main(["--model", model_dir, "--prompts", str(out.parent / "prompts.jsonl"),
+                        "--out", str(out / "samples.jsonl"), "--n", "2", "--max-new-tokens", "4",
+                        "--batch-size", "4", "--seed", "3"]) == 0  # fmt: skip
+    assert score.main(["--judge", model_dir, "--input", str(out.parent / "to_score.jsonl"),
+                       "--out", str(out / "scores.jsonl"), "--template", "short",
+                       "--batch-size", "4"]) == 0  # fmt: skip
+    ecfg = judged_config(model_dir, data_file)
+    evaluate.evaluate(ecfg, model=model_dir, judge=model_dir, out=out / "eval" / "results.json",
+                      batch_size=4, probe_kinds=["colon", "empty"], quiet=True)  # fmt: skip
+    if multihost.is_main():
+        (out / "done.json").write_text(json.dumps({"processes": __import__("jax").process_count()}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
