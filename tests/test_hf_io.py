@@ -41,7 +41,9 @@ def _hf_logits(hf_dir: Path, ids: np.ndarray) -> np.ndarray:
         return model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
 
 
-@pytest.mark.parametrize("name", ["llama_tied_gqa", "qwen2_bias_untied_1kv"])
+@pytest.mark.parametrize(
+    "name", ["llama_tied_gqa", "qwen2_bias_untied_1kv", "qwen3_tied_hd24", "qwen3_untied_1kv_hd32"]
+)
 def test_round_trip_is_bit_identical(name, tiny_hf_dirs, tmp_path):
     src = tiny_hf_dirs[name]
     assert _cli("hf-to-jax", src, tmp_path / "m") == 0
@@ -74,7 +76,13 @@ def test_bf16_round_trip_and_fp32_load(tmp_path):
 
 @pytest.mark.parametrize(
     "name, shard",
-    [("qwen2_bias_untied_1kv", "2GB"), ("qwen2_bias_untied_1kv", "40KB"), ("llama3_rope", "2GB")],
+    [
+        ("qwen2_bias_untied_1kv", "2GB"),
+        ("qwen2_bias_untied_1kv", "40KB"),
+        ("llama3_rope", "2GB"),
+        ("qwen3_tied_hd24", "2GB"),
+        ("qwen3_untied_1kv_hd32", "40KB"),
+    ],
 )
 def test_transformers_loads_export(name, shard, tiny_hf_dirs, tmp_path):
     src = tiny_hf_dirs[name]
@@ -130,6 +138,16 @@ BAD_INPUTS = {
     "unsupported_arch": (
         lambda d: _bad_config(d, architectures=["GPT2LMHeadModel"], model_type="gpt2"),
         "unsupported architecture",
+    ),
+    "unsupported_qwen3_moe": (  # the Qwen3 family's mixture-of-experts models are not dense
+        lambda d: _bad_config(d, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe"),
+        "unsupported architecture ['Qwen3MoeForCausalLM']",
+    ),
+    "qwen3_sliding_window": (
+        lambda d: _bad_config(
+            d, architectures=["Qwen3ForCausalLM"], model_type="qwen3", use_sliding_window=True
+        ),
+        "use_sliding_window",
     ),
     "missing_tensor": (
         lambda d: _edit_tensors(d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),
