@@ -100,6 +100,50 @@ def test_transformers_loads_export(name, shard, tiny_hf_dirs, tmp_path):
     np.testing.assert_array_equal(_hf_logits(out, ids), _hf_logits(src, ids))
 
 
+# A Qwen3-style chat template (written for this test): thinking on by default; with
+# enable_thinking=False the assistant turn opens with an empty think block.
+QWEN3_STYLE_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+
+
+def test_qwen3_chat_template_thinking_on_and_off(tiny_hf_dirs, tmp_path):
+    """A converted Qwen3 directory renders chats as transformers does, with thinking on and off,
+    and the run config's data.enable_thinking picks which one the policy's prompts use."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from configs import base
+    from rlvr_jax import builders
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_hf_dirs["qwen3_tied_hd24"], src)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.chat_template = QWEN3_STYLE_TEMPLATE
+    tok.save_pretrained(str(src))
+    assert _cli("hf-to-jax", src, tmp_path / "m") == 0
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    ref = AutoTokenizer.from_pretrained(str(src))
+    render = lambda **kw: ref.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True, **kw
+    )
+    on, off = render(enable_thinking=True), render(enable_thinking=False)
+    assert off == on + "<think>\n\n</think>\n\n" and render() == on
+    cfg = base.get_config()
+    cfg.policy.model = str(tmp_path / "m")
+    mesh = builders.build_mesh(cfg)
+    for thinking, want in ((True, on), (False, off)):
+        cfg.data.enable_thinking = thinking
+        policy = builders.build_policy(cfg, mesh)
+        assert policy.cfg.model_type == "qwen3"
+        assert policy.tokenizer.render_chat(msgs) == want
+        assert policy.tokenizer.chat_ids(msgs) == ref.encode(want, add_special_tokens=False)
+
+
 def test_sharded_input_is_read(tiny_hf_dirs, tmp_path):
     """A sharded HF directory (index + shards, as transformers writes it) converts too."""
     src = tmp_path / "sharded"
