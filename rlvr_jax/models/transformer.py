@@ -22,7 +22,7 @@ from rlvr_jax.mesh import constrain_rows
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.lora import LoRA, adapted
-from rlvr_jax.models.matmul import _use_cpu_products, matmul, project  # noqa: F401 (re-exported)
+from rlvr_jax.models.matmul import matmul, project
 
 _INIT_STD = 0.02
 
