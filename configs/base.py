@@ -22,6 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.policy.tiny = ml_collections.ConfigDict(
         dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
     )
+    # Multiplies the tiny model's random (tied) embedding: at the init scale its head cannot make
+    # a sharp distribution unless the embedding itself trains, which LoRA runs do not do.
+    c.policy.tiny.embed_scale = 1.0
 
     # Reward. judge.reward picks the scalar fed to RL: soft (paper Eq. 4), soft_normalized,
     # binary (the judge's verdict), rule_binary, rule_jaccard, math (math-verify equivalence),
@@ -54,6 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.synthetic = ""  # "echo": the synthetic task of rlvr_jax.synthetic instead of files
     c.data.system_prompt = PAPER_SYSTEM_PROMPT
     c.data.chat_template = True
+    # A chat template variable: Qwen3's renders an empty think block when False; others ignore it.
+    c.data.enable_thinking = True
     c.data.bad_rows = "error"  # "error": stop before training; "skip": drop and count
 
     c.rollout = ml_collections.ConfigDict()
@@ -96,6 +101,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.grad_clip = 1.0
     c.optim.micro_batch = 8
     c.optim.train_layers = -1  # -1: all; k: only the top k blocks (+ final norm / head)
+
+    # LoRA policy: train low-rank adapters on these products, every weight frozen (rank 0: off).
+    # The reference policy is then the base weights with the adapters off (no copy of them).
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0  # the adapter's term is scaled by alpha / rank
+    c.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
+    # Also train the RMSNorm scales (a few numbers per layer): a random tiny model's frozen head
+    # cannot sharpen its distribution without them; pretrained models do not need it.
+    c.lora.train_norms = False
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices

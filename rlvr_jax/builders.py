@@ -12,12 +12,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from rlvr_jax import data, reward, synthetic
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.answers import answer_view
 from rlvr_jax.likelihood import LikelihoodScorer
-from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.config import LoraConfig, ModelConfig
+from rlvr_jax.models.lora import init_adapters
 from rlvr_jax.models.model_dir import LoadedModel, load_model
 from rlvr_jax.models.transformer import abstract_model
 from rlvr_jax.rollout import PROMPT_BUCKETS, SamplingConfig, pad_prompts
@@ -47,13 +49,35 @@ def synthetic_config(cfg: Any) -> ModelConfig:
         eos_token_id=tok.stop_ids,
         pad_token_id=tok.pad_id,
         dtype=str(cfg.policy.dtype),
+        lora=lora_config(cfg),
     )
+
+
+def lora_config(cfg: Any) -> LoraConfig | None:
+    """The config's `lora` section as a LoraConfig, or None when lora.rank is 0 (or absent)."""
+    sec = cfg.get("lora")
+    if sec is None or int(sec.rank) == 0:
+        return None
+    targets = tuple(str(t) for t in sec.targets)
+    return LoraConfig(int(sec.rank), float(sec.alpha), targets, bool(sec.get("train_norms", False)))
+
+
+def add_adapters(model: LoadedModel, lora: LoraConfig, mesh: jax.sharding.Mesh, seed: int):
+    """A loaded model with fresh LoRA adapters (B = 0: the same function), born sharded."""
+    cfg = model.cfg.replace(lora=lora)
+    shardings_of = lambda tree: mesh_lib.param_shardings(tree, mesh, mesh_lib.TRAIN_RULES)
+    adapters = init_adapters(cfg, seed, shardings_of)
+    state = nnx.merge_state(model.state, adapters)
+    return LoadedModel(cfg, abstract_model(cfg)[0], state, model.tokenizer)
 
 
 def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
     """A tiny random model over the synthetic word tokenizer, born sharded on `mesh`."""
     mcfg = synthetic_config(cfg)
     graphdef, state = mesh_lib.init_sharded(mcfg, mesh, mesh_lib.TRAIN_RULES, int(cfg.seed))
+    scale = float(cfg.policy.tiny.get("embed_scale", 1.0))
+    if scale != 1.0:
+        state["embed"].set_value(state["embed"][...] * scale)
     return LoadedModel(mcfg, graphdef, state, synthetic.make_tokenizer())
 
 
@@ -103,7 +127,7 @@ def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
         policy = synthetic_config(cfg)
     else:
         policy = load_config(resolve_model_dir(cfg.policy.model, build=False))
-        policy = policy.replace(dtype=str(cfg.policy.dtype))
+        policy = policy.replace(dtype=str(cfg.policy.dtype), lora=lora_config(cfg))
     spec = judge_spec(cfg)
     judge = (
         None
@@ -116,9 +140,17 @@ def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
 
 
 def build_policy(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
+    """The policy of the config, born sharded, with LoRA adapters when lora.rank > 0 and its
+    tokenizer rendering chats with the config's template options (data.enable_thinking)."""
     if cfg.policy.model == "synthetic":
-        return synthetic_model(cfg, mesh)
-    return load_sharded(resolve_model_dir(cfg.policy.model), mesh, str(cfg.policy.dtype))
+        m = synthetic_model(cfg, mesh)
+    else:
+        m = load_sharded(resolve_model_dir(cfg.policy.model), mesh, str(cfg.policy.dtype))
+        lora = lora_config(cfg)
+        if lora is not None:
+            m = add_adapters(m, lora, mesh, int(cfg.seed))
+    thinking = bool(cfg.data.get("enable_thinking", True))
+    return m._replace(tokenizer=m.tokenizer.with_chat_options(enable_thinking=thinking))
 
 
 def build_examples(cfg: Any, split: str, limit: int | None = None) -> data.LoadReport:

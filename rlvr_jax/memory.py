@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlvr_jax import mesh as meshlib
+from rlvr_jax import update
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.transformer import init_model
 
@@ -69,6 +70,7 @@ class RunShape:
     opt_dtype: str = "float32"  # optimizer moments
     remat: bool = False  # per-layer rematerialisation in the train step
     reference: bool = True  # a frozen reference copy for the KL term (rl.beta > 0)
+    train_layers: int = -1  # optim.train_layers: -1 trains every block (or its adapters)
     cache_dtype: str | None = None  # default: the policy dtype
     judge_batch: int = 0
     judge_prompt_len: int = 0
@@ -91,6 +93,7 @@ class RunShape:
             optimizer=optim.get("name", "adamw"),
             remat=bool(optim.get("remat", False)),
             reference=c.rl.beta > 0,
+            train_layers=int(optim.get("train_layers", -1)),
             judge_batch=c.judge.batch_size if c.judge.get("model") else 0,
             judge_prompt_len=c.judge.max_prompt_len if c.judge.get("model") else 0,
         )
@@ -221,37 +224,57 @@ def plan_memory(
     train, sample = meshlib.TRAIN_RULES, meshlib.SAMPLE_RULES
     params = abstract_params(cfg)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    # Gradients and optimizer moments exist for the trained params only (LoRA: the adapters).
+    lora = cfg.lora is not None
+    trained = update.split_trainable(
+        params, update.trainable_filter(cfg.num_layers, run.train_layers, cfg.lora)
+    )[0]
+    n_trained = sum(math.prod(x.shape) for x in jax.tree.leaves(trained))
+    t_train = tree_bytes_per_device(trained, sizes, train)
     p_train = tree_bytes_per_device(params, sizes, train)
     p_sample = tree_bytes_per_device(params, sizes, sample)
     # The sampling copy is new arrays only where the two layouts differ (fsdp > 1).
     same_layout = jax.tree.leaves(meshlib.tree_shardings(params, sizes, train, warn=False)) == (
         jax.tree.leaves(meshlib.tree_shardings(params, sizes, sample, warn=False))
     )
-    f32_train = tree_bytes_per_device(params, sizes, train, "float32")
+    f32_train = tree_bytes_per_device(trained, sizes, train, "float32")
     moments = _MOMENTS.get(run.optimizer, 2)
     n_micro = math.ceil(run.rows / run.micro_batch)
     terms = {
         "params": p_train,
-        "optimizer": moments * tree_bytes_per_device(params, sizes, train, run.opt_dtype),
-        "reference": p_train if run.reference else 0,
+        "optimizer": moments * tree_bytes_per_device(trained, sizes, train, run.opt_dtype),
+        # A LoRA policy's reference is its own base weights, adapters off: nothing more to hold.
+        "reference": p_train if run.reference and not lora else 0,
         "judge": 0,
         "sample_params": 0 if same_layout else p_sample,
         "kv_cache": 0,
         "sampler_activations": 0,
         "judge_activations": 0,
-        "grads": p_train + (f32_train if n_micro > 1 else 0),
+        "grads": t_train + (f32_train if n_micro > 1 else 0),
         # fsdp: XLA all-gathers each weight before use and may keep them all live in the step.
         "gathered_weights": 0 if same_layout else p_sample - p_train,
         "train_activations": 0,
     }
+    what = (
+        f"LoRA rank {cfg.lora.rank} adapters"
+        if lora
+        else "weights"
+        if n_trained == n_params
+        else ""
+    )
+    trained_note = f"{n_trained / 1e6:.2f}M trained ({what or 'top blocks'})"
+    reference_note = "frozen policy copy (rl.beta > 0)" if run.reference else "none (rl.beta = 0)"
+    if run.reference and lora:
+        reference_note = "the policy's base weights, adapters off (shared, no copy)"
     notes = {
-        "params": f"{n_params / 1e6:.1f}M {cfg.dtype} weights, train layout",
-        "optimizer": f"{run.optimizer}: {moments} x {run.opt_dtype} moments, sharded like weights",
-        "reference": "frozen policy copy (rl.beta > 0)" if run.reference else "none (rl.beta = 0)",
+        "params": f"{n_params / 1e6:.1f}M {cfg.dtype} params, {trained_note}, train layout",
+        "optimizer": f"{run.optimizer}: {moments} x {run.opt_dtype} moments of the "
+        f"{n_trained / 1e6:.2f}M trained params, sharded like them",
+        "reference": reference_note,
         "sample_params": "weights regathered over fsdp for decoding"
         if terms["sample_params"]
         else "same arrays as the train layout",
-        "grads": "one gradient"
+        "grads": "one gradient of the trained params"
         + (f" + fp32 accumulator over {n_micro} micro-batches" if n_micro > 1 else ""),
     }
     # KV cache: N rows x S slots x Hkv x K per layer, k and v, plus the [N, S] mask.

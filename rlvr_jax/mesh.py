@@ -52,6 +52,9 @@ TRAIN_RULES: Rules = types.MappingProxyType(
         "head_dim": (),
         "mlp": ("tensor",),
         "norm": (),
+        # LoRA adapters' rank (small): whole on every device; the adapters' other axes are the
+        # adapted weight's, so fsdp and tensor split them as they split the weight.
+        "lora_rank": (),
     }
 )
 # Sampling: weights whole over fsdp (decode would otherwise all-gather every weight every token),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -12,10 +13,15 @@ Message = dict[str, str]
 
 
 class Tokenizer:
-    """A thin wrapper over a transformers tokenizer, with the ids rlvr_jax needs by name."""
+    """A thin wrapper over a transformers tokenizer, with the ids rlvr_jax needs by name.
 
-    def __init__(self, hf: PreTrainedTokenizerBase):
+    chat_options: extra variables for the chat template on every render, e.g. Qwen3's
+    {"enable_thinking": False} (templates ignore variables they do not use).
+    """
+
+    def __init__(self, hf: PreTrainedTokenizerBase, chat_options: Mapping[str, Any] | None = None):
         self.hf = hf
+        self.chat_options = dict(chat_options or {})
         vocab = hf.get_vocab()
         stops = {hf.eos_token_id} if hf.eos_token_id is not None else set()
         for name in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>"):
@@ -35,6 +41,10 @@ class Tokenizer:
         p = Path(gguf_file)
         return cls(AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name))
 
+    def with_chat_options(self, **options: Any) -> Tokenizer:
+        """The same tokenizer with these chat template variables set (on top of the current)."""
+        return Tokenizer(self.hf, {**self.chat_options, **options})
+
     def save(self, path: str | Path) -> None:
         self.hf.save_pretrained(str(path))
 
@@ -53,9 +63,12 @@ class Tokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-        """The chat template applied to `messages`, as text."""
+        """The chat template applied to `messages` (with `chat_options`), as text."""
         return self.hf.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            list(messages),
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **self.chat_options,
         )
 
     def chat_ids(

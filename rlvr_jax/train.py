@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
@@ -44,6 +45,9 @@ from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.hooks import HookContext, Hooks
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
+from rlvr_jax.models.config import ConfigError
+from rlvr_jax.models.lora import split_adapters
+from rlvr_jax.models.transformer import abstract_model
 from rlvr_jax.reward import neither_rate
 from rlvr_jax.rollout import generate
 
@@ -64,7 +68,7 @@ class Run:
     workdir: Path
     mesh: jax.sharding.Mesh
     policy: Any  # LoadedModel
-    ref_params: Any
+    ref_params: Any  # None for a LoRA policy: its reference is its own base weights
     rewards: RewardRunner
     train_it: data.BatchIterator
     test_examples: list
@@ -73,6 +77,14 @@ class Run:
     step_cfg: update.StepConfig
     train_batch: int  # rollout rows per optimizer step
     evals: RewardRunner | None = None  # the held-out evaluation's judge (heldout.eval_rewards)
+    trainable: update.Filter = lambda path, x: True
+
+    def reference_params(self, state: update.TrainState) -> Any:
+        """The reference policy's params: the initial policy's copy, or a LoRA policy's base
+        weights (the arrays of `state`, adapters left out: no copy, and no sync to get wrong)."""
+        if self.ref_params is not None:
+            return self.ref_params
+        return split_adapters(state.params)[1]
 
     def sample_params(self, params: Any) -> Any:
         """Params in the sampling layout: whole over fsdp (decode would otherwise all-gather every
@@ -95,11 +107,17 @@ def latest_checkpoint(workdir: Path) -> int | None:
     return mh.from_main(checkpoint.latest_step(_ckpt_dir(workdir)))
 
 
+def _saved_part(run: Run, state: update.TrainState) -> update.TrainState:
+    """The part of the state a checkpoint holds: all but the frozen params (LoRA: the adapters
+    and their optimizer state), which the run rebuilds as it started."""
+    return state.replace(params=update.split_trainable(state.params, run.trainable)[0])
+
+
 def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
     """Save the state after RL step `step` (a loop step: with several optimizer steps per
     rollout, or skipped non-finite updates, it differs from state.step, which counts applied
     updates)."""
-    leaves = jax.tree.leaves(state)
+    leaves = jax.tree.leaves(_saved_part(run, state))
     tree = {
         "state": leaves,
         "data": {k: np.asarray(v, np.int64) for k, v in run.train_it.state().items()},
@@ -108,14 +126,16 @@ def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
 
 
 def restore_checkpoint(run: Run, state: update.TrainState, step: int) -> update.TrainState:
-    leaves, treedef = jax.tree.flatten(state)
+    frozen = update.split_trainable(state.params, run.trainable)[1]
+    leaves, treedef = jax.tree.flatten(_saved_part(run, state))
     abstract = {
         "state": [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves],
         "data": {k: jax.ShapeDtypeStruct((), np.int64) for k in run.train_it.state()},
     }
     tree = checkpoint.restore_pytree(_ckpt_dir(run.workdir) / str(step), abstract)
     run.train_it.restore({k: int(v) for k, v in tree["data"].items()})
-    return jax.tree.unflatten(treedef, tree["state"])
+    saved = jax.tree.unflatten(treedef, tree["state"])
+    return saved.replace(params=nnx.merge_state(saved.params, frozen))
 
 
 # --------------------------------------------------------------------------- building
@@ -163,9 +183,14 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
         n, train_batch, int(cfg.rl.ppo_epochs)
     )
     optimizer = update.make_optimizer(cfg.optim, steps)
-    trainable = update.trainable_filter(policy.cfg.num_layers, int(cfg.optim.train_layers))
-    # The reference policy is the initial one: a copy that the donated train state cannot alias.
-    ref_params = jax.tree.map(jnp.copy, policy.state)
+    lora = policy.cfg.lora is not None
+    trainable = update.trainable_filter(
+        policy.cfg.num_layers, int(cfg.optim.train_layers), policy.cfg.lora
+    )
+    # The reference policy is the initial one: a copy that the donated train state cannot alias,
+    # or for a LoRA policy the base weights in the train state, under the base model's graphdef.
+    ref_params = None if lora else jax.tree.map(jnp.copy, policy.state)
+    ref_graphdef = abstract_model(policy.cfg.replace(lora=None))[0] if lora else policy.graphdef
     state = update.init_train_state(
         policy.state, optimizer, trainable, jax.random.PRNGKey(cfg.seed)
     )
@@ -198,10 +223,11 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
         train_it=train_it,
         test_examples=test_ex,
         train_step=train_step,
-        ref_logprobs=update.make_ref_logprobs(policy.graphdef),
+        ref_logprobs=update.make_ref_logprobs(ref_graphdef),
         step_cfg=step_cfg,
         train_batch=train_batch,
         evals=heldout.eval_rewards(cfg, mesh, policy, rewards),
+        trainable=trainable,
     )
     return run, state
 
@@ -250,7 +276,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
         responses,
         ~mh.to_host(ro.stopped),
         policy_params=state.params,
-        reference_params=run.ref_params,
+        reference_params=run.reference_params(state),
     )
     t_judge, t_lik = run.rewards.times["judge"], run.rewards.times["likelihood"]
     rewards = jnp.asarray(scores[run.rewards.key], jnp.float32)
@@ -264,7 +290,7 @@ def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.Train
     big_l = ro.tokens.shape[1]
     need_ref = float(cfg.rl.beta) > 0
     if need_ref:
-        logp_ref, t_ref = _timed(run.ref_logprobs, run.ref_params, tokens, attn, big_l)
+        logp_ref, t_ref = _timed(run.ref_logprobs, run.reference_params(state), tokens, attn, big_l)
     else:
         logp_ref, t_ref = None, 0.0
     adv = losses.compute_advantages(
@@ -514,6 +540,7 @@ def main(argv: list[str]) -> None:
         mesh_lib.MeshError,
         memory.MemoryPlanError,
         checkpoint.CheckpointError,
+        ConfigError,
         RunStopped,
     ) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """Policy update: TrainState, the optax chain, completion log-probs and the jitted train step.
 
-The step differentiates only the *trainable* part of the parameters (all of them, or the top k
-blocks on small machines): frozen weights get no gradient and no Adam moments at all, so XLA also
-drops the backward pass below the lowest trained block. That is cheaper than masking a full
-gradient with `optax.set_to_zero`, which still computes it.
+The step differentiates only the *trainable* part of the parameters (all of them, the top k
+blocks on small machines, or only LoRA adapters): frozen weights get no gradient and no Adam
+moments at all, so XLA also drops the backward pass below the lowest trained block. That is
+cheaper than masking a full gradient with `optax.set_to_zero`, which still computes it.
 
 Shapes: N rows, T = P + L tokens (prompt left-padded, then the completion), L completion length,
 V vocab, D model dim.
@@ -22,6 +22,8 @@ import optax
 from flax import nnx
 
 from rlvr_jax import losses
+from rlvr_jax.models.config import LoraConfig
+from rlvr_jax.models.lora import is_adapter
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 
 Filter = Callable[[tuple, Any], bool]
@@ -123,19 +125,36 @@ def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
     )
 
 
-def trainable_filter(num_layers: int, train_layers: int = -1) -> Filter:
+def trainable_filter(
+    num_layers: int, train_layers: int = -1, lora: LoraConfig | None = None
+) -> Filter:
     """An nnx filter selecting the trained parameters.
 
     train_layers < 0 (or >= num_layers): everything. k: the top k blocks, the final norm and an
     untied lm_head; the embedding (also the head when tied) and lower blocks stay frozen.
+    lora (the model's LoRA config): only the adapters (of the top k blocks with train_layers k),
+    and the norm scales if lora.train_norms; every weight of the model stays frozen.
     """
-    if train_layers < 0 or train_layers >= num_layers:
+    first = 0 if train_layers < 0 or train_layers >= num_layers else num_layers - train_layers
+
+    def in_top_blocks(path: tuple) -> bool:
+        return len(path) > 1 and path[0] == "layers" and int(path[1]) >= first
+
+    if lora is not None:
+        norms = lora.train_norms
+
+        def adapter(path: tuple, x: Any) -> bool:
+            if norms and path[-1:] == ("scale",):  # RMSNorm scales
+                return path[0] == "final_norm" or in_top_blocks(path)
+            return is_adapter(path) and in_top_blocks(path)
+
+        return adapter
+    if first == 0:
         return lambda path, x: True
-    first = num_layers - train_layers
 
     def keep(path: tuple, x: Any) -> bool:
         if path and path[0] == "layers":
-            return len(path) > 1 and int(path[1]) >= first
+            return in_top_blocks(path)
         return bool(path) and path[0] in ("final_norm", "lm_head")
 
     return keep
@@ -255,7 +274,8 @@ def make_ref_logprobs(
 ) -> Callable[[nnx.State, jax.Array, jax.Array, int], jax.Array]:
     """Jitted `(ref_params, tokens [N,T], attn_mask [N,T], L) -> logp_ref [N,L]`, no gradient.
 
-    ref_params is the frozen initial policy (keep a copy of the params before the first update).
+    ref_params is the frozen initial policy: a copy of the params before the first update, or,
+    for a LoRA policy, its base weights (`lora.split_adapters`) under the base model's graphdef.
     """
 
     def ref(params, tokens, attn_mask, completion_len):

@@ -62,13 +62,38 @@ TINY_HF_CONFIGS: dict[str, dict] = {
         ),
         rope_theta=5e5,
     ),
+    # Qwen3: per-head q/k RMSNorm, no bias, tied, head_dim 24 != hidden / heads = 16.
+    "qwen3_tied_hd24": dict(
+        arch="qwen3",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+    ),
+    # Qwen3 untied, a single KV head, head_dim 32.
+    "qwen3_untied_1kv_hd32": dict(
+        arch="qwen3",
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        tie_word_embeddings=False,
+        rope_theta=1e6,
+    ),
 }
 
 
 def make_tiny_hf_model(name: str, seed: int = 0, dtype: str = "float32"):
     """A random transformers model (torch, eval mode) for TINY_HF_CONFIGS[name]; D=64, 2 layers."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     kw = dict(TINY_HF_CONFIGS[name])
     arch = kw.pop("arch")
@@ -77,6 +102,7 @@ def make_tiny_hf_model(name: str, seed: int = 0, dtype: str = "float32"):
     cfg_cls, model_cls = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
     }[arch]
     rope = {"rope_type": "default", "rope_theta": rope_theta}
     if rope_scaling:
@@ -171,6 +197,30 @@ def default_model_dir(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RLVR_JAX_CACHE", str(tmp_path_factory.mktemp("rlvr_jax_cache")))
         yield materialise()
+
+
+def with_random_adapters(
+    cfg, state, rank: int = 4, alpha: float = 8.0, seed: int = 0, targets=None
+):
+    """(cfg with LoRA, graphdef, state) of a model given by (cfg, state) with adapters on every
+    target (or `targets`), A and B both drawn at random: a fresh adapter's B is zero, which would
+    leave the adapter paths untested."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from rlvr_jax.models.config import LORA_TARGETS, LoraConfig
+    from rlvr_jax.models.lora import init_adapters
+    from rlvr_jax.models.transformer import abstract_model
+
+    cfg = cfg.replace(lora=LoraConfig(rank, alpha, tuple(targets or LORA_TARGETS)))
+    adapters = init_adapters(cfg, seed)
+    rng = np.random.default_rng(seed)
+    # B at the scale of A: the adapter's term is then comparable to the weight's own.
+    adapters = jax.tree.map(
+        lambda x: jnp.asarray(rng.standard_normal(x.shape) / np.sqrt(x.shape[0]), x.dtype), adapters
+    )
+    return cfg, abstract_model(cfg)[0], nnx.merge_state(state, adapters)
 
 
 def random_tokens(seed: int, shape: tuple[int, ...], vocab: int = 259) -> np.ndarray:

@@ -41,7 +41,9 @@ def _hf_logits(hf_dir: Path, ids: np.ndarray) -> np.ndarray:
         return model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
 
 
-@pytest.mark.parametrize("name", ["llama_tied_gqa", "qwen2_bias_untied_1kv"])
+@pytest.mark.parametrize(
+    "name", ["llama_tied_gqa", "qwen2_bias_untied_1kv", "qwen3_tied_hd24", "qwen3_untied_1kv_hd32"]
+)
 def test_round_trip_is_bit_identical(name, tiny_hf_dirs, tmp_path):
     src = tiny_hf_dirs[name]
     assert _cli("hf-to-jax", src, tmp_path / "m") == 0
@@ -74,7 +76,13 @@ def test_bf16_round_trip_and_fp32_load(tmp_path):
 
 @pytest.mark.parametrize(
     "name, shard",
-    [("qwen2_bias_untied_1kv", "2GB"), ("qwen2_bias_untied_1kv", "40KB"), ("llama3_rope", "2GB")],
+    [
+        ("qwen2_bias_untied_1kv", "2GB"),
+        ("qwen2_bias_untied_1kv", "40KB"),
+        ("llama3_rope", "2GB"),
+        ("qwen3_tied_hd24", "2GB"),
+        ("qwen3_untied_1kv_hd32", "40KB"),
+    ],
 )
 def test_transformers_loads_export(name, shard, tiny_hf_dirs, tmp_path):
     src = tiny_hf_dirs[name]
@@ -90,6 +98,50 @@ def test_transformers_loads_export(name, shard, tiny_hf_dirs, tmp_path):
         assert (out / f).is_file(), f
     ids = random_tokens(5, (2, 40))  # past llama3_rope's original context of 16
     np.testing.assert_array_equal(_hf_logits(out, ids), _hf_logits(src, ids))
+
+
+# A Qwen3-style chat template (written for this test): thinking on by default; with
+# enable_thinking=False the assistant turn opens with an empty think block.
+QWEN3_STYLE_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% endif %}{% endif %}"
+)
+
+
+def test_qwen3_chat_template_thinking_on_and_off(tiny_hf_dirs, tmp_path):
+    """A converted Qwen3 directory renders chats as transformers does, with thinking on and off,
+    and the run config's data.enable_thinking picks which one the policy's prompts use."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from configs import base
+    from rlvr_jax import builders
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_hf_dirs["qwen3_tied_hd24"], src)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.chat_template = QWEN3_STYLE_TEMPLATE
+    tok.save_pretrained(str(src))
+    assert _cli("hf-to-jax", src, tmp_path / "m") == 0
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    ref = AutoTokenizer.from_pretrained(str(src))
+    render = lambda **kw: ref.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=True, **kw
+    )
+    on, off = render(enable_thinking=True), render(enable_thinking=False)
+    assert off == on + "<think>\n\n</think>\n\n" and render() == on
+    cfg = base.get_config()
+    cfg.policy.model = str(tmp_path / "m")
+    mesh = builders.build_mesh(cfg)
+    for thinking, want in ((True, on), (False, off)):
+        cfg.data.enable_thinking = thinking
+        policy = builders.build_policy(cfg, mesh)
+        assert policy.cfg.model_type == "qwen3"
+        assert policy.tokenizer.render_chat(msgs) == want
+        assert policy.tokenizer.chat_ids(msgs) == ref.encode(want, add_special_tokens=False)
 
 
 def test_sharded_input_is_read(tiny_hf_dirs, tmp_path):
@@ -130,6 +182,16 @@ BAD_INPUTS = {
     "unsupported_arch": (
         lambda d: _bad_config(d, architectures=["GPT2LMHeadModel"], model_type="gpt2"),
         "unsupported architecture",
+    ),
+    "unsupported_qwen3_moe": (  # the Qwen3 family's mixture-of-experts models are not dense
+        lambda d: _bad_config(d, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe"),
+        "unsupported architecture ['Qwen3MoeForCausalLM']",
+    ),
+    "qwen3_sliding_window": (
+        lambda d: _bad_config(
+            d, architectures=["Qwen3ForCausalLM"], model_type="qwen3", use_sliding_window=True
+        ),
+        "use_sliding_window",
     ),
     "missing_tensor": (
         lambda d: _edit_tensors(d, lambda t: t.pop("model.layers.1.mlp.up_proj.weight")),

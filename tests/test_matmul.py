@@ -1,4 +1,4 @@
-"""The transformer's matrix products with a CPU-friendly backward pass (`transformer.matmul`):
+"""The transformer's matrix products with a CPU-friendly backward pass (`models.matmul`):
 the same values and gradients as plain jnp products, and on XLA:CPU a backward pass whose every
 product has its left operand's contracted axis last (the form XLA:CPU gives to YNNPACK)."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlvr_jax import update
-from rlvr_jax.models import transformer as T
+from rlvr_jax.models import matmul as M
 
 
 def _rand(seed, *shapes):
@@ -35,12 +35,12 @@ def test_values_and_gradients_equal_plain_products(case):
     (g,) = _rand(1, (*xs[:-1], ws[-2] if transpose_w else ws[-1]))
 
     def ours(x, w):
-        return T.matmul(x, w, transpose_w)
+        return M.matmul(x, w, transpose_w)
 
     def plain(x, w):
         return x @ (jnp.swapaxes(w, -1, -2) if transpose_w else w)
 
-    assert T._use_cpu_products()  # the tests run on CPU: `ours` is the custom product
+    assert M._use_cpu_products()  # the tests run on CPU: `ours` is the custom product
     y1, vjp1 = jax.vjp(ours, x, w)
     y2, vjp2 = jax.vjp(plain, x, w)
     np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
@@ -52,11 +52,11 @@ def test_values_and_gradients_equal_plain_products(case):
 def test_project_contracts_leading_weight_axes():
     x, w = _rand(2, (2, 5, 3, 4), (3, 4, 6))  # [N,T,H,K] @ [H,K,D], as the o projection
     np.testing.assert_allclose(
-        T.project(x, w, 2), jnp.einsum("nthk,hkd->ntd", x, w), rtol=1e-5, atol=1e-5
+        M.project(x, w, 2), jnp.einsum("nthk,hkd->ntd", x, w), rtol=1e-5, atol=1e-5
     )
     x, w = _rand(3, (2, 5, 6), (6, 3, 4))  # [N,T,D] @ [D,H,K], as the q projection
     np.testing.assert_allclose(
-        T.project(x, w), jnp.einsum("ntd,dhk->nthk", x, w), rtol=1e-5, atol=1e-5
+        M.project(x, w), jnp.einsum("ntd,dhk->nthk", x, w), rtol=1e-5, atol=1e-5
     )
 
 
@@ -76,8 +76,8 @@ def test_cpu_backward_contracts_the_minor_axis(monkeypatch):
     x, w1, w2, emb = _rand(4, (64, 32), (32, 48), (48, 32), (100, 32))
 
     def loss(x, w1, w2, emb):
-        h = T.project(jax.nn.silu(T.project(x, w1)), w2)
-        return jnp.sum(T.matmul(h, emb, transpose_w=True) ** 2)
+        h = M.project(jax.nn.silu(M.project(x, w1)), w2)
+        return jnp.sum(M.matmul(h, emb, transpose_w=True) ** 2)
 
     def grad():  # a new function each time, so that no trace is reused
         return jax.grad(lambda *a: loss(*a), argnums=(0, 1, 2, 3))
@@ -85,7 +85,7 @@ def test_cpu_backward_contracts_the_minor_axis(monkeypatch):
     args = (x, w1, w2, emb)
     assert _eigen_dots(grad(), *args) == []
     ours = grad()(*args)
-    monkeypatch.setattr(T, "_use_cpu_products", lambda: False)
+    monkeypatch.setattr(M, "_use_cpu_products", lambda: False)
     assert _eigen_dots(grad(), *args) != []
     for a, b in zip(ours, grad()(*args), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -1,7 +1,8 @@
 """The rlvr_jax transformer against transformers' own, on tiny random models (fp32, CPU).
 
 Covers the families the issue names: Llama tied + GQA, Qwen2 bias + untied + one KV head, Llama with
-llama3 rope scaling; then the KV cache and left padding, which the sampler relies on.
+llama3 rope scaling, Qwen3 (per-head q/k norm, head_dim apart from hidden / heads) tied and
+untied; then the KV cache and left padding, which the sampler relies on.
 """
 
 from __future__ import annotations
@@ -123,7 +124,9 @@ def test_kv_cache_decode_equals_full_forward(pair):
     incremental = np.stack(step_logits, axis=1)
     err = np.abs(full - incremental).max()
     print(f"{name}: cache vs full max abs diff {err:.2e}")
-    assert err <= 1e-5
+    # fp32 rounding of two summation orders at |logit| ~ 20 (1e-6 relative); Qwen3's extra norm
+    # per head measured 1.05e-5.
+    assert err <= 2e-5
 
 
 @pytest.mark.parametrize("t", [40, 130, 257])

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+# The dense products a LoRA adapter can attach to (q/k/v/o attention, gate/up/down MLP).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class ConfigError(ValueError):
@@ -15,13 +21,43 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Hyperparameters of a Llama/Qwen2-family decoder. Frozen, hashable: safe as a jit static arg.
+class LoraConfig:
+    """Low-rank adapters on the dense products named in `targets`: W x + (alpha / rank) B(A(x)).
 
-    Shape letters: V vocab, D model dim, F mlp dim, H query heads, Hkv key/value heads, K head dim.
+    A is drawn at random and B starts at zero, so a fresh adapter leaves the model unchanged.
+    train_norms: the RMSNorm scales train too (a few numbers per layer); the rest stays frozen.
     """
 
-    model_type: str  # "llama" | "qwen2"
+    rank: int
+    alpha: float
+    targets: tuple[str, ...] = LORA_TARGETS
+    train_norms: bool = False
+
+    def __post_init__(self):
+        if self.rank <= 0:
+            raise ConfigError(f"lora.rank: {self.rank} (a LoRA config needs rank >= 1)")
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad or not self.targets:
+            raise ConfigError(
+                f"lora.targets: {bad[0] if bad else 'none'!r} (expected some of "
+                f"{', '.join(LORA_TARGETS)})"
+            )
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a Llama/Qwen2/Qwen3-family decoder. Frozen, hashable: safe as a jit
+    static arg.
+
+    Shape letters: V vocab, D model dim, F mlp dim, H query heads, Hkv key/value heads, K head dim
+    (Qwen3's K is its own setting, not D / H).
+    """
+
+    model_type: str  # "llama" | "qwen2" | "qwen3"
     vocab_size: int  # V
     hidden_size: int  # D
     intermediate_size: int  # F
@@ -35,11 +71,14 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v bias (Qwen2); o_proj never has one
+    qk_norm: bool = False  # RMSNorm over each query and key head before RoPE (Qwen3)
     max_position_embeddings: int = 8192
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
     dtype: str = "float32"  # parameter and activation dtype: "float32" | "bfloat16"
+    # Trained low-rank adapters (not part of a HF config: exports merge them into the weights).
+    lora: LoraConfig | None = None
 
     @property
     def architecture(self) -> str:
@@ -86,6 +125,13 @@ class ModelConfig:
                     if rope_type == "default"
                     else tuple(sorted({**rope_scaling, "rope_type": rope_type}.items()))
                 )
+            if d.get("use_sliding_window"):
+                raise ConfigError(
+                    f"{source}: field use_sliding_window: sliding-window attention is not supported"
+                )
+            if model_type == "qwen3" and d.get("attention_bias"):
+                # transformers' Qwen3 then biases o_proj too, which this model does not have.
+                raise ConfigError(f"{source}: field attention_bias: not supported for qwen3")
             eos = d.get("eos_token_id")
             eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (int(eos),)
             return cls(
@@ -102,6 +148,7 @@ class ModelConfig:
                 rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
                 attention_bias=bool(d.get("attention_bias", model_type == "qwen2")),
+                qk_norm=model_type == "qwen3",
                 max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
                 bos_token_id=d.get("bos_token_id"),
                 eos_token_id=eos,
@@ -158,6 +205,8 @@ class ModelConfig:
             d.update(
                 use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers
             )
+        if self.model_type == "qwen3":
+            d.update(attention_bias=self.attention_bias)
         return d
 
 

@@ -20,7 +20,8 @@ from flax import nnx
 
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.kv_cache import KVCache
-from rlvr_jax.models.transformer import apply_rope, rope_inv_freq
+from rlvr_jax.models.lora import SUFFIX
+from rlvr_jax.models.transformer import apply_rope, rms_norm, rope_inv_freq
 
 
 @flax.struct.dataclass
@@ -29,8 +30,12 @@ class DecodeWeights:
 
     layers: one dict per block with attn_norm, q [H*K, D], k, v [Hkv*K, D], o [D, H*K],
     mlp_norm, gate, up [F, D], down [D, F] (and q_bias [H*K, 1], k_bias, v_bias when the
-    model has them). embed [V, D] is the token table; head [V, D] the vocabulary projection
-    (the same array when the embeddings are tied).
+    model has them; q_norm, k_norm [K] with Qwen3's per-head norms; for a LoRA adapter on
+    weight w, w_a [r, in] and w_b [out, r]). Adapters stay apart from their weights, as in the
+    trainer: merged into the copy they would change the rounding, and the sampler's log-probs
+    would drift from the trainer's by up to 6e-4 (measured on the tiny echo task).
+    embed [V, D] is the token table; head [V, D] the vocabulary projection (the same array when
+    the embeddings are tied).
     """
 
     embed: jax.Array
@@ -59,9 +64,18 @@ def decode_weights(graphdef: nnx.GraphDef, state: nnx.State) -> DecodeWeights:
             "up": m.up[...].T,
             "down": m.down[...].T,
         }
+        for module, names in ((a, ("q", "k", "v", "o")), (m, ("gate", "up", "down"))):
+            for name in names:
+                lora = getattr(module, name + SUFFIX, None)
+                if lora is not None:
+                    r = lora.b.shape[0]
+                    w[name + "_a"] = lora.a[...].reshape(-1, r).T
+                    w[name + "_b"] = lora.b[...].reshape(r, -1).T
         if cfg.attention_bias:
             for name in ("q_bias", "k_bias", "v_bias"):
                 w[name] = col(getattr(a, name)[...].reshape(-1))
+        if cfg.qk_norm:
+            w["q_norm"], w["k_norm"] = a.q_norm.scale[...], a.k_norm.scale[...]
         return w
 
     embed = model.embed[...]
@@ -128,6 +142,15 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax
     return out.reshape(n, 1, h, kd)
 
 
+def _dense(cfg: ModelConfig, lw: dict[str, jax.Array], name: str, h: jax.Array) -> jax.Array:
+    """Weight `name` [out, in] times h [in, N], plus its LoRA adapter's term (grouped as the
+    model's: B (A h), then the scale)."""
+    y = lw[name] @ h
+    if name + "_a" not in lw:
+        return y
+    return y + (lw[name + "_b"] @ (lw[name + "_a"] @ h)) * cfg.lora.scale
+
+
 def decode_step(
     cfg: ModelConfig, w: DecodeWeights, tokens: jax.Array, positions: jax.Array, cache: DecodeCache
 ) -> tuple[jax.Array, DecodeCache]:
@@ -146,20 +169,23 @@ def decode_step(
     ks, vs = [], []
     for i, lw in enumerate(w.layers):
         h = _rms_norm(x, lw["attn_norm"], eps)
-        q, k, v = lw["q"] @ h, lw["k"] @ h, lw["v"] @ h
+        q, k, v = (_dense(cfg, lw, name, h) for name in ("q", "k", "v"))
         if cfg.attention_bias:
             q, k, v = q + lw["q_bias"], k + lw["k_bias"], v + lw["v_bias"]
-        q = apply_rope(_heads(q, n, kd), pos, inv_freq)
-        k = apply_rope(_heads(k, n, kd), pos, inv_freq)
+        q, k = _heads(q, n, kd), _heads(k, n, kd)
+        if cfg.qk_norm:
+            q, k = rms_norm(q, lw["q_norm"], eps), rms_norm(k, lw["k_norm"], eps)
+        q, k = apply_rope(q, pos, inv_freq), apply_rope(k, pos, inv_freq)
         v = _heads(v, n, kd)
         k = k.astype(cache.k[i].dtype).transpose(0, 2, 3, 1)  # [N, Hkv, K, 1]
         v = v.astype(cache.v[i].dtype).transpose(0, 2, 1, 3)  # [N, Hkv, 1, K]
         k = jax.lax.dynamic_update_slice(cache.k[i], k, (0, 0, 0, index))
         v = jax.lax.dynamic_update_slice(cache.v[i], v, (0, 0, index, 0))
         out = _attention(q, k, v, mask)  # [N, 1, H, K]
-        x = x + lw["o"] @ out.reshape(n, -1).T
+        x = x + _dense(cfg, lw, "o", out.reshape(n, -1).T)
         h = _rms_norm(x, lw["mlp_norm"], eps)
-        x = x + lw["down"] @ (jax.nn.silu(lw["gate"] @ h) * (lw["up"] @ h))
+        act = jax.nn.silu(_dense(cfg, lw, "gate", h)) * _dense(cfg, lw, "up", h)
+        x = x + _dense(cfg, lw, "down", act)
         ks.append(k)
         vs.append(v)
     h = _rms_norm(x, w.final_norm, eps)

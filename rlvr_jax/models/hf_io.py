@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from rlvr_jax.models.config import ConfigError, ModelConfig
+from rlvr_jax.models.lora import merge_adapters
 from rlvr_jax.models.transformer import abstract_model
 
 
@@ -72,6 +73,8 @@ _LAYER_MAP = {
     "self_attn.q_proj.bias": ("attn.q_bias", _Q_BIAS),
     "self_attn.k_proj.bias": ("attn.k_bias", _KV_BIAS),
     "self_attn.v_proj.bias": ("attn.v_bias", _KV_BIAS),
+    "self_attn.q_norm.weight": ("attn.q_norm.scale", _IDENTITY),
+    "self_attn.k_norm.weight": ("attn.k_norm.scale", _IDENTITY),
     "post_attention_layernorm.weight": ("mlp_norm.scale", _IDENTITY),
     "mlp.gate_proj.weight": ("mlp.gate", _LINEAR),
     "mlp.up_proj.weight": ("mlp.up", _LINEAR),
@@ -99,6 +102,8 @@ def hf_names(cfg: ModelConfig) -> list[str]:
     for i in range(cfg.num_layers):
         for key in _LAYER_MAP:
             if key.endswith(".bias") and not cfg.attention_bias:
+                continue
+            if key.endswith("_norm.weight") and not cfg.qk_norm:
                 continue
             names.append(f"model.layers.{i}.{key}")
     names.append("model.norm.weight")
@@ -155,7 +160,9 @@ def state_from_tensors(
 def state_to_tensors(
     cfg: ModelConfig, state: nnx.State, dtype: str | None = None
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF name, numpy array) pairs of a model state, one at a time, in `hf_names` order."""
+    """(HF name, numpy array) pairs of a model state, one at a time, in `hf_names` order.
+    LoRA adapters are merged into their weights (HF checkpoints have none)."""
+    cfg, state = merge_adapters(cfg, state)
     values = {_path_key(p): v for p, v in nnx.to_flat_state(state)}
     for name in hf_names(cfg):
         path, (_, to_hf) = hf_to_path(name)
@@ -281,8 +288,10 @@ def save_hf(
     Files: config.json, generation_config.json, model.safetensors (or model-0000i-of-0000n shards
     plus model.safetensors.index.json when larger than `max_shard_bytes`), tokenizer files when a
     `rlvr_jax.tokenizer.Tokenizer` is given, and extra_files ({name: text}). Written to a
-    temporary sibling directory that is renamed into place; `hf_dir` must not exist.
+    temporary sibling directory that is renamed into place; `hf_dir` must not exist. An adapted
+    model (cfg.lora) is written with its adapters merged into the weights.
     """
+    cfg, state = merge_adapters(cfg, state)
     hf_dir = Path(hf_dir)
     if hf_dir.exists():
         raise CheckpointFormatError(f"{hf_dir}: already exists")

@@ -23,6 +23,7 @@ from flax import nnx
 
 from rlvr_jax import checkpoint
 from rlvr_jax.models.config import ConfigError, ModelConfig
+from rlvr_jax.models.lora import merge_adapters
 from rlvr_jax.models.transformer import abstract_model
 from rlvr_jax.tokenizer import Tokenizer
 
@@ -46,8 +47,10 @@ def save_model(
     """Write cfg, tokenizer and params as a new model directory (which must not exist).
 
     The stored dtype is that of `state`'s arrays; cfg.dtype is set to match. extra_files: {name:
-    text} written beside them (e.g. a judge's prompt settings, reward.JUDGE_FILE).
+    text} written beside them (e.g. a judge's prompt settings, reward.JUDGE_FILE). An adapted
+    model (cfg.lora) is saved with its adapters merged into the weights.
     """
+    cfg, state = merge_adapters(cfg, state)
     model_dir = Path(model_dir).absolute()
     if model_dir.exists():
         raise FileExistsError(f"{model_dir}: already exists")

@@ -1,4 +1,5 @@
-"""One decoder-only transformer for the Llama (SmolLM2, Llama 3) and Qwen2/Qwen2.5 families.
+"""One decoder-only transformer for the Llama (SmolLM2, Llama 3), Qwen2/Qwen2.5 and Qwen3 (dense)
+families, with optional LoRA adapters (models/lora.py).
 
 Defined as Flax NNX modules and run functionally: `init_model` splits once into (graphdef, state),
 and `forward` is a pure function of both, so callers can `jax.jit` it with explicit shardings. Every
@@ -20,6 +21,8 @@ from flax import nnx
 from rlvr_jax.mesh import constrain_rows
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.kv_cache import KVCache
+from rlvr_jax.models.lora import LoRA, adapted
+from rlvr_jax.models.matmul import matmul, project
 
 _INIT_STD = 0.02
 
@@ -31,91 +34,6 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str, ...], dtype
 
 def _zeros(shape: tuple[int, ...], names: tuple[str, ...], dtype) -> nnx.Param:
     return nnx.Param(jnp.zeros(shape, dtype), out_sharding=names)
-
-
-# ---------------------------------------------------------------------------------------------
-# Matrix products with a CPU-friendly backward pass
-#
-# XLA:CPU hands a matrix product to YNNPACK only when its left operand is row-major with the
-# contracted axis last; otherwise Eigen runs it, asynchronously, on threads that YNNPACK's products
-# are using at the same time (two cores: both slow down). The weight gradient of y = x @ w is
-# x^T @ g, a product over the token axis, which is x's *first* axis: autodiff's form goes to Eigen.
-# Here the backward pass transposes x into a buffer of its own (the barrier keeps XLA from folding
-# the transpose back into the product), so that every product of the update runs in YNNPACK.
-# Measured on 2 cores, SmolLM2-135M, 8 x 256 tokens: see bench/train_step.py.
-
-
-def _own_buffer(x: jax.Array) -> jax.Array:
-    """x materialised as it is: XLA may not fold a transpose that made it into its consumer."""
-    return jax.lax.optimization_barrier(x)
-
-
-def _t(x: jax.Array) -> jax.Array:
-    return jnp.swapaxes(x, -1, -2)
-
-
-@jax.custom_vjp
-def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [..., M, A] @ w [..., A, B] (equal leading batch axes, or none on w)."""
-    return x @ w
-
-
-def _matmul_fwd(x, w):
-    return x @ w, (x, w)
-
-
-def _sum_leading(dw: jax.Array, ndim: int) -> jax.Array:
-    """dw summed over the leading axes beyond ndim: a weight shared by every leading index of x."""
-    return dw.sum(tuple(range(dw.ndim - ndim))) if dw.ndim > ndim else dw
-
-
-def _matmul_bwd(res, g):
-    x, w = res
-    return g @ _t(w), _sum_leading(_own_buffer(_t(x)) @ g, w.ndim)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-@jax.custom_vjp
-def _matmul_nt(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x [..., M, A] @ w [..., B, A]^T (attention scores; the tied vocabulary projection), with
-    leading axes as `_matmul`'s."""
-    return x @ _t(w)
-
-
-def _matmul_nt_fwd(x, w):
-    return x @ _t(w), (x, w)
-
-
-def _matmul_nt_bwd(res, g):
-    x, w = res
-    # dw = g^T x, computed as (x^T g)^T: transposing x [M, A] is cheap, transposing g [M, B]
-    # (the [tokens, vocab] logit gradient for the head) is not.
-    return g @ w, _t(_own_buffer(_sum_leading(_own_buffer(_t(x)) @ g, w.ndim)))
-
-
-_matmul_nt.defvjp(_matmul_nt_fwd, _matmul_nt_bwd)
-
-
-def _use_cpu_products() -> bool:
-    return jax.default_backend() == "cpu"
-
-
-def matmul(x: jax.Array, w: jax.Array, transpose_w: bool = False) -> jax.Array:
-    """x [..., M, A] @ w [..., A, B] (or w [..., B, A]^T with transpose_w): `_matmul` on XLA:CPU,
-    where its gradients run faster; elsewhere plain jnp.matmul, which accelerators' libraries
-    transpose for free. The forward product is the same either way."""
-    if not _use_cpu_products():
-        return x @ (_t(w) if transpose_w else w)
-    return _matmul_nt(x, w) if transpose_w else _matmul(x, w)
-
-
-def project(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
-    """A dense layer: contract the last n_in axes of x with the first n_in axes of w."""
-    lead, a = x.shape[: x.ndim - n_in], math.prod(w.shape[:n_in])
-    y = matmul(x.reshape(-1, a), w.reshape(a, -1))
-    return y.reshape(*lead, *w.shape[n_in:])
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -205,16 +123,33 @@ def attention(
     return out5.transpose(0, 3, 1, 2, 4).reshape(n, t, h, kd)
 
 
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis of x, times scale [x.shape[-1]]."""
+    # Normalise in fp32 and cast back before the scale, as transformers does.
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale * xf.astype(x.dtype)
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float, dtype):
         self.scale = nnx.Param(jnp.ones((dim,), dtype), out_sharding=("norm",))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # Normalise in fp32 and cast back before the scale, as transformers does.
-        xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return self.scale[...] * xf.astype(x.dtype)
+        return rms_norm(x, self.scale[...], self.eps)
+
+
+def _adapters(module: nnx.Module, cfg: ModelConfig, rngs: nnx.Rngs, **weights) -> None:
+    """Attach a LoRA adapter to each weight in `weights` (name -> (in shape, out shape, in names,
+    out names)) that cfg.lora targets."""
+    if cfg.lora is None:
+        return
+    for name, (shp_in, shp_out, names_in, names_out) in weights.items():
+        if name in cfg.lora.targets:
+            lora = LoRA(shp_in, shp_out, names_in, names_out, cfg.lora.rank, cfg.lora.scale,
+                        cfg.dtype, rngs)  # fmt: skip
+            setattr(module, name + "_lora", lora)
 
 
 class Attention(nnx.Module):
@@ -229,22 +164,32 @@ class Attention(nnx.Module):
             self.k_bias = _zeros((hkv, k), ("kv_heads", "head_dim"), dt)
             self.v_bias = _zeros((hkv, k), ("kv_heads", "head_dim"), dt)
         self.has_bias = cfg.attention_bias
+        if cfg.qk_norm:  # Qwen3: over each head's K features, after the bias, before RoPE
+            self.q_norm = RMSNorm(k, cfg.rms_norm_eps, dt)
+            self.k_norm = RMSNorm(k, cfg.rms_norm_eps, dt)
+        self.has_qk_norm = cfg.qk_norm
+        e, qh, kvh = ("embed",), ("q_heads", "head_dim"), ("kv_heads", "head_dim")
+        _adapters(self, cfg, rngs, q=((d,), (h, k), e, qh), k=((d,), (hkv, k), e, kvh),
+                  v=((d,), (hkv, k), e, kvh), o=((h, k), (d,), qh, e))  # fmt: skip
         # The config, not an inv_freq array: an array attribute would become a leaf of the state.
         self.cfg = cfg
 
     def project_q(self, x: jax.Array, positions: jax.Array) -> jax.Array:
         """Rotated queries [N,T,H,K] of x [N,T,D] at positions [N,T]."""
-        q = project(x, self.q[...])
+        q = adapted(self, "q", x)
         if self.has_bias:
             q = q + self.q_bias[...]
+        if self.has_qk_norm:
+            q = self.q_norm(q)
         return apply_rope(q, positions, rope_inv_freq(self.cfg))
 
     def project_kv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Rotated keys and values, each [N,T,Hkv,K], of x [N,T,D] at positions [N,T]."""
-        k = project(x, self.k[...])
-        v = project(x, self.v[...])
+        k, v = adapted(self, "k", x), adapted(self, "v", x)
         if self.has_bias:
             k, v = k + self.k_bias[...], v + self.v_bias[...]
+        if self.has_qk_norm:
+            k = self.k_norm(k)
         return apply_rope(k, positions, rope_inv_freq(self.cfg)), v
 
     def attend(
@@ -252,7 +197,7 @@ class Attention(nnx.Module):
     ) -> jax.Array:
         """Queries q [N,T,H,K] over keys/values [N,S,Hkv,K] where mask [N,T,S] is True, then the
         output projection: [N,T,D]. causal: see `attention`."""
-        return project(attention(q, k, v, mask, causal), self.o[...], 2)
+        return adapted(self, "o", attention(q, k, v, mask, causal), 2)
 
     def __call__(self, x, positions, mask, kv):
         """x [N,T,D], positions [N,T], mask [N,T,S] bool, kv: None or (k_cache, v_cache, index).
@@ -275,10 +220,13 @@ class MLP(nnx.Module):
         self.gate = _param(rngs, (d, f), ("embed", "mlp"), dt)
         self.up = _param(rngs, (d, f), ("embed", "mlp"), dt)
         self.down = _param(rngs, (f, d), ("mlp", "embed"), dt)
+        e, m = ("embed",), ("mlp",)
+        _adapters(self, cfg, rngs, gate=((d,), (f,), e, m), up=((d,), (f,), e, m),
+                  down=((f,), (d,), m, e))  # fmt: skip
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate, up = project(x, self.gate[...]), project(x, self.up[...])
-        return project(jax.nn.silu(gate) * up, self.down[...])
+        gate, up = adapted(self, "gate", x), adapted(self, "up", x)
+        return adapted(self, "down", jax.nn.silu(gate) * up)
 
 
 class Block(nnx.Module):
@@ -359,14 +307,20 @@ class Transformer(nnx.Module):
         return (x if return_hidden else self.logits(x)), new_cache
 
 
+def _rngs(seed: int) -> nnx.Rngs:
+    # Adapters draw from a stream of their own: the base weights of a seed stay the same with and
+    # without them.
+    return nnx.Rngs(params=seed, lora=jax.random.fold_in(jax.random.key(seed), 1))
+
+
 def init_model(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
     """A randomly initialised model, split once into (graphdef, state)."""
-    return nnx.split(Transformer(cfg, nnx.Rngs(params=seed)))
+    return nnx.split(Transformer(cfg, _rngs(seed)))
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, state of ShapeDtypeStructs) without allocating weights."""
-    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(params=0))))
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, _rngs(0))))
 
 
 def forward(
