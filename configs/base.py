@@ -39,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "auto": the prompt settings stored with the judge (judge.json, written by rlvr_jax.distill),
     # else "paper" (the released judge's prompt); "short": for small judges; or a format string.
     c.judge.template = "auto"
+    # What of a response the judge reads: "committed" (its answer statements, else its first and
+    # last complete sentences; nothing committed scores 0: rlvr_jax/answers.py), "last_line", or
+    # "auto" (the setting stored with the judge, else "committed").
+    c.judge.view = "auto"
     # The held-out evaluation's judge, independent of the reward's: "evaluation" (distilled with
     # another seed and recipe, built on first use), "" (the reward judge) or a model directory.
     c.judge.eval_model = "evaluation"

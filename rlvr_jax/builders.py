@@ -273,6 +273,7 @@ class RewardRunner:
                 str(cfg.judge.template),
                 max_prompt_len=int(cfg.judge.max_prompt_len),
                 batch_size=int(cfg.judge.batch_size),
+                view=str(cfg.judge.get("view", "auto")),
             )
             bs = jcfg.batch_size
             sharding = (
@@ -306,7 +307,8 @@ class RewardRunner:
         """N examples (question, reference) and N responses -> {score name: [N] floats}.
 
         cut [N]: which responses the token limit stopped (None: unknown; answers.py). Also
-        "no_answer" [N] (1 where the response commits to no answer: every judge reward is 0),
+        "no_answer" [N] (1 where the response commits to no answer: every judge reward is 0; with a
+        judge, under its view),
         "judge_truncated", the [N]-summed count of judge prompts cut to fit the budget, and with a
         judge "judge_verdict" [N] int (1 YES, 0 NO, -1 NEITHER; see `reward.verdict_label`).
         With a likelihood reward, the weights named by `likelihood_model` score it:
@@ -333,6 +335,7 @@ class RewardRunner:
             for name in JUDGE_REWARDS:
                 out[name] = np.asarray(getattr(res, name), np.float32)
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
+            out["no_answer"] = np.asarray(res.empty, np.float32)  # as the judge's view reads it
             out["judge_verdict"] = np.asarray(res.verdict, np.int32)  # 1 YES, 0 NO, -1 NEITHER
             out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
         t_lik = 0.0

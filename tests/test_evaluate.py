@@ -103,6 +103,9 @@ def _cfg(data_file: Path):
     c.data.test = (str(data_file),)
     c.data.system_prompt = "Answer briefly."
     c.judge.template = "short"
+    # The rigged judge reads random 6-token texts that commit to nothing: the last line keeps its
+    # verdicts varied, which these bookkeeping checks need (tests/test_answers.py covers the view).
+    c.judge.view = "last_line"
     c.judge.max_prompt_len = 256
     c.judge.batch_size = 4
     c.rollout.max_prompt_len = 128
