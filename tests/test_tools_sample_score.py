@@ -61,6 +61,8 @@ def test_sample_rows_fields_and_seed(model_dir, tmp_path):
     for r in greedy:
         assert 1 <= len(r["completion_ids"]) <= 6 and len(r["logprobs"]) == len(r["completion_ids"])
         assert all(lp <= 0 for lp in r["logprobs"]) and isinstance(r["completion"], str)
+        # stopped: a stop token ended it; one shorter than --max-new-tokens can only have stopped.
+        assert isinstance(r["stopped"], bool) and (r["stopped"] or len(r["completion_ids"]) == 6)
     for a, b in zip(greedy[::2], greedy[1::2], strict=True):
         assert a["completion_ids"] == b["completion_ids"]  # greedy: the G samples agree
     outs = []

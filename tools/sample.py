@@ -8,7 +8,8 @@ Input rows: {"prompt": str} (rendered as the user message of the model's chat te
 --no-chat-template), {"messages": [{"role", "content"}, ...]}, or {"prompt_ids": [int, ...]} (used
 as is). Output: for each input row, G rows (in input order) holding the input plus `completion`
 (text, special tokens removed), `completion_ids` (including the stop token, if one was emitted),
-`logprobs` (one per completion id, under the unmodified policy) and `sample` (0..G-1).
+`logprobs` (one per completion id, under the unmodified policy), `stopped` (false when the
+completion was cut at --max-new-tokens) and `sample` (0..G-1).
 Temperature 0 means greedy. Same seed, same output. Prompts are sorted by length into batches of
 --batch-size and padded to a few length buckets, so a file compiles a handful of times.
 """
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                     "completion": c.text,
                     "completion_ids": c.ids,
                     "logprobs": c.logprobs,
+                    "stopped": c.stopped,
                     "sample": g,
                 }
 
