@@ -189,7 +189,7 @@ def test_resume_equals_uninterrupted_with_likelihood_reward(tmp_path):
     train.train(cfg(), tmp_path / "cut", stop_after=3)
     train.train(cfg(), tmp_path / "cut")
     resumed = read_metrics(tmp_path / "cut" / "metrics.jsonl")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]  # step 0: the held-out evaluation
     assert strip(resumed) == strip(read_metrics(tmp_path / "whole" / "metrics.jsonl"))
 
 
