@@ -15,6 +15,9 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "rlvr_jax_test_jit_cache")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# No test distils a judge by the way (a quarter of an hour each): a config that would name a
+# missing "distilled" or "evaluation" judge fails at once (rlvr_jax/distill/__init__.py).
+os.environ["RLVR_JAX_NO_DISTILL"] = "1"
 
 import math
 from pathlib import Path

@@ -41,6 +41,7 @@ def judged_config(model_dir: str, data_file: str):
     c.policy.model = model_dir
     c.policy.dtype = "float32"
     c.judge.model = "policy"
+    c.judge.eval_model = ""  # the reward judge evaluates: no evaluation judge to distil
     c.judge.reward = "soft"
     c.judge.template = "short"
     c.judge.max_prompt_len = 128

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,6 +40,11 @@ def default_judge_dir() -> Path:
     from rlvr_jax.models.default import cache_root
 
     return cache_root() / DEFAULT_JUDGE
+
+
+# Set (as the test suite does), a missing named judge is an error instead of a distillation: a
+# test or a job that would quietly spend a quarter of an hour building one fails at once.
+NO_DISTILL_ENV = "RLVR_JAX_NO_DISTILL"
 
 
 def named_judge_dir(spec: str) -> Path:
@@ -92,6 +98,11 @@ def _ensure(spec: str, quiet: bool) -> Path:
     config = NAMED_JUDGES[spec][1]
     if (target / "config.json").is_file():
         return target
+    if os.environ.get(NO_DISTILL_ENV):
+        raise RuntimeError(
+            f"the {spec} judge is not in {target}, and {NO_DISTILL_ENV} forbids distilling it here "
+            "(about 16 minutes): name a judge directory instead"
+        )
     work = target.with_name(target.name + ".work")
     if not quiet:
         print(

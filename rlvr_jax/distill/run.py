@@ -31,7 +31,8 @@ from rlvr_jax.metrics import MetricsWriter
 from rlvr_jax.models.model_dir import load_model, save_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-QUALITY_FILE = "quality.json"  # in the judge's directory: its held-out and on-policy figures
+# In the judge's directory: its held-out and on-policy figures from the distillation itself.
+FIGURES_FILE = "heldout_figures.json"
 
 
 def resolve_source(src: str) -> str:
@@ -414,7 +415,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     _save_judge(workdir, model, state, jcfg, bool(cfg.train.export_hf))
     # Its figures travel with the judge, so that whoever scores with it can print them.
     quality = {"heldout": distilled, "onpolicy_heldout": onpolicy_heldout}
-    (workdir / "judge" / QUALITY_FILE).write_text(json.dumps(quality, indent=2, default=float))
+    (workdir / "judge" / FIGURES_FILE).write_text(json.dumps(quality, indent=2, default=float))
     results["cpu"] = {**meter.read(), **phases}
     cols = {"zero-shot": zero_shot, "distilled, yes_bias 0": uncalibrated}
     cols[f"distilled, yes_bias {bias:+.2f}"] = distilled
