@@ -158,7 +158,8 @@ def test_score_uses_the_prompt_settings_stored_with_the_judge(model_dir, tmp_pat
     auto = [r["p_yes"] for r in read_jsonl(tmp_path / "auto.jsonl")]
     paper = [r["p_yes"] for r in read_jsonl(tmp_path / "paper.jsonl")]
     m = load_model(judge)
-    cfg = W.JudgeConfig(**settings, batch_size=2, buckets=(64, 128, 256))
+    # A judge.json without a "view" is a judge trained on last lines, before the committed view.
+    cfg = W.JudgeConfig(**settings, view="last_line", batch_size=2, buckets=(64, 128, 256))
     want = W.Judge(m.graphdef, m.state, m.tokenizer, cfg).score(
         [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
     )
