@@ -175,8 +175,8 @@ def test_kill9_of_the_job_then_same_command_equals_uninterrupted(jobs):
                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     metrics, deadline = work / "metrics.jsonl", time.time() + 600
     while time.time() < deadline and job.poll() is None:
-        # Rows of steps 0 (evaluation) to 3: step 3 runs after step 2's checkpoint was saved.
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+        # Step 2's checkpoint is complete once orbax has renamed it into place.
+        if (work / "checkpoints" / "2").is_dir():
             break
         time.sleep(0.05)
     pids = _children(job.pid)
