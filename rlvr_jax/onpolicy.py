@@ -133,7 +133,7 @@ def markdown(table: Mapping[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, q in table.items():
-        if not isinstance(q, Mapping):
+        if not isinstance(q, Mapping) or "n" not in q:  # the summary entries (best rule, targets)
             continue
         lines.append(
             f"| {name} | {q['n']} | {q['n_correct']} | {f(q['auc'])} | {q.get('yes', '-')} | "

@@ -38,6 +38,7 @@ def test_quality_report_on_a_hand_made_file(tmp_path):
     assert table["best_rule_auc"] == table["rule_x"]["auc"]
     hit = onpolicy.meets_targets(q, table["best_rule_auc"])
     assert hit == {"auc": False, "auc_over_best_rule": True, "precision": False}
+    table["judge_targets"] = hit  # as distill/evaluation.onpolicy_quality adds it
     md = onpolicy.markdown(table)
     assert "| judge | 6 | 2 | 0.875 | 2 | 0.500 | 0.500 |" in md
 
