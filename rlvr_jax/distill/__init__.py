@@ -101,12 +101,12 @@ def _ensure(spec: str, quiet: bool) -> Path:
     if os.environ.get(NO_DISTILL_ENV):
         raise RuntimeError(
             f"the {spec} judge is not in {target}, and {NO_DISTILL_ENV} forbids distilling it here "
-            "(about 16 minutes): name a judge directory instead"
+            "(about half an hour): name a judge directory instead"
         )
     work = target.with_name(target.name + ".work")
     if not quiet:
         print(
-            f"rlvr_jax: the {spec} judge is not distilled yet: running {config} once (about 16 "
+            f"rlvr_jax: the {spec} judge is not distilled yet: running {config} once (about 30 "
             f"minutes on 2 CPU cores; resumable) in {work}; it is cached in {target} afterwards",
             file=sys.stderr,
         )
