@@ -326,10 +326,6 @@ class RewardRunner:
             )
             for name in self.rules
         }
-        out["no_answer"] = np.array(
-            [not answer_view(r, c).committed for r, c in zip(responses, cuts, strict=True)],
-            np.float32,
-        )
         if self.judge is not None:
             res = self.judge.score([ex.question for ex in rows], responses, refs, cut=cuts)
             for name in JUDGE_REWARDS:
@@ -338,6 +334,11 @@ class RewardRunner:
             out["no_answer"] = np.asarray(res.empty, np.float32)  # as the judge's view reads it
             out["judge_verdict"] = np.asarray(res.verdict, np.int32)  # 1 YES, 0 NO, -1 NEITHER
             out["judge_truncated"] = np.array([res.cut_question + res.cut_response + res.cut_hard])
+        else:
+            out["no_answer"] = np.array(
+                [not answer_view(r, c).committed for r, c in zip(responses, cuts, strict=True)],
+                np.float32,
+            )
         t_lik = 0.0
         params = policy_params if self.likelihood_model == "policy" else reference_params
         if self.likelihood is not None and params is not None:
