@@ -6,6 +6,10 @@ new reward kind is one more entry.
 Variants:
 - (none): CPU-sized. The default policy on the shipped economics questions (configs/econ.py)
   with the distilled reward judge, evaluated by the evaluation judge on every test question.
+- `:core`: the cells of the CPU grid that one 3-hour session finishes, in the same sweep
+  directory (they count toward the whole grid): RLOO with the judge's soft reward and with the
+  likelihood reward on both seeds; RLPR, Jaccard and SFT on seed 0. Likelihood rewards first:
+  they need no judge, so they can run while the reward judge is still being distilled.
 - `:smoke`: the tiny random policy on the synthetic echo task with the rule rewards; minutes.
 - `:accel`: accelerator-sized: more prompts, samples, tokens and steps, three seeds.
 """
@@ -32,14 +36,28 @@ def get_config(arg: str | None = None):
     c.name = "table1"
     c.sweep_dir = "~/runs/table1"  # --workdir overrides
     c.seeds = (0, 1)
-    if arg in (None, "accel"):
+    if arg in (None, "accel", "core"):
         run = econ.get_config()
-        run.train.steps = 10
-        run.train.eval_every = 5
-        run.train.ckpt_every = 5
+        # 5x the main command's rate: at 2e-6 twelve steps barely move a 135M policy.
+        run.optim.lr = 1e-5
+        run.train.steps = 12
+        run.train.eval_every = 6
+        run.train.ckpt_every = 6
         run.train.export_hf = False
         run.train.tensorboard = False
         c.cells = cells(REWARDS, ALGOS, EXTRA_REWARDS)
+        if arg == "core":
+            by_name = {str(x["name"]): x for x in c.cells}
+            c.cells = [
+                dict(by_name[name], seeds=seeds)
+                for name, seeds in (
+                    ("rloo_likelihood", (0, 1)),
+                    ("rloo_rlpr", (0,)),
+                    ("rloo_soft", (0, 1)),
+                    ("rloo_rule_jaccard", (0,)),
+                    ("sft", (0,)),
+                )
+            ]
         if arg == "accel":
             c.name, c.sweep_dir, c.seeds = "table1_accel", "~/runs/table1_accel", (0, 1, 2)
             run.rollout.prompts_per_step = 32
@@ -60,6 +78,6 @@ def get_config(arg: str | None = None):
         run.train.sft_target = "{}"  # the echo task's answer is the word itself
         c.cells = cells(REWARDS[:2], ALGOS)
     else:
-        raise ValueError(f"configs/table1.py: unknown variant {arg!r} (known: smoke, accel)")
+        raise ValueError(f"configs/table1.py: unknown variant {arg!r} (known: core, smoke, accel)")
     c.run = run
     return c

@@ -521,7 +521,7 @@ def finish(run: Run, state: update.TrainState) -> None:
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
     if mh.is_main():
-        judge = str(run.cfg.judge.eval_model) or str(run.cfg.judge.model) or "rule"
+        judge = str(run.cfg.judge.eval_model) or builders.judge_spec(run.cfg) or "rule"
         summary = heldout.summarize(run.workdir, judge)
         if summary is not None:
             print(f"rlvr_jax: {summary['line']}", flush=True)

@@ -237,6 +237,11 @@ def _restore_ckpt(workdir: Path, st: sft.SFTState, step: int) -> sft.SFTState:
     return jax.tree.unflatten(treedef, got["leaves"])
 
 
+def resolve_workdir(cfg: Any, workdir: str | Path | None = None) -> Path:
+    """The run's directory: `workdir`, else the config's, else runs/<name>."""
+    return Path(workdir or cfg.workdir or f"runs/{cfg.name}")
+
+
 def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None = None) -> dict:
     """Run (or resume) the distillation of `cfg` in `workdir`; returns results.json's content.
 
@@ -246,7 +251,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     from tqdm import tqdm
 
     meter, phases = CpuMeter(), {}
-    workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
+    workdir = resolve_workdir(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     if (workdir / "results.json").is_file() and (workdir / "judge").is_dir():
