@@ -35,6 +35,12 @@ _CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separat
 _LABELS = flags.DEFINE_string(
     "labels", None, "JSONL of independent labels of held-out answers: {id, response, label}."
 )
+_ANSWERS = flags.DEFINE_string(
+    "answers",
+    None,
+    "Write the finished runs' distinct held-out answers (shuffled, without "
+    "their run) to this JSONL file for blind labelling, and run nothing.",
+)
 
 
 def cell_config(exp: Any, cell: Any, seed: int) -> Any:
@@ -143,6 +149,30 @@ def read_labels(path: str | Path) -> dict[tuple[str, str], float]:
         except (ValueError, KeyError, TypeError) as e:
             raise data.DataError(f"{path}:{i}: not a label row ({type(e).__name__}: {e})") from e
     return out
+
+
+def answer_sheet(exp: Any, sweep: Path, seed: int = 0) -> list[dict]:
+    """Every distinct held-out answer of the finished runs (step 0 and each run's last evaluated
+    step), shuffled and without the run that gave it, for independent blind labelling: rows of
+    {"id", "question", "reference", "response", "cut"}; the label rows that
+    `read_labels` reads need only "id", "response" and "label"."""
+    by_id: dict[str, Any] = {}
+    seen: dict[tuple[str, str], dict] = {}
+    for cell in exp.cells:
+        for b, a in zip(*_cell_rows(exp, sweep, cell)[:2], strict=True):
+            for r in b + a:
+                if "question" not in r and not by_id:  # rows written before they held the text
+                    exs = data.load_examples(list(exp.run.data.test), "test").examples
+                    by_id = {ex.id: {"question": ex.question, "reference": ex.reference}
+                             for ex in exs}  # fmt: skip
+                q = r if "question" in r else by_id[str(r["id"])]
+                seen.setdefault((str(r["id"]), str(r["response"])), {
+                    "id": str(r["id"]), "question": q["question"], "reference": q["reference"],
+                    "response": str(r["response"]), "cut": not bool(r.get("stopped", True)),
+                })  # fmt: skip
+    rows = [seen[k] for k in sorted(seen)]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order]
 
 
 def _labelled(runs: list[list[dict]], labels: dict) -> list[list[dict]] | None:
@@ -289,6 +319,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config configs/table1.py:smoke")
     sweep = Path(train._WORKDIR.value or exp.sweep_dir).expanduser()
     only = [c for c in _CELLS.value.split(",") if c] if _CELLS.value else None
+    if _ANSWERS.value:
+        rows = answer_sheet(exp, sweep)
+        _write_atomic(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
+        return
     try:
         out = run_sweep(exp, sweep, only=only, labels=_LABELS.value)
     except data.DataError as e:

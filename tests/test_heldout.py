@@ -180,6 +180,10 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     assert lab["before"]["mean"] == pytest.approx(1 / n) and lab["after"]["mean"] == pytest.approx(
         1 / n)  # fmt: skip
     assert "blind labels" in experiment.markdown(got)
+    sheet = experiment.answer_sheet(exp, tmp_path)
+    keys = {(r["id"], r["response"]) for r in labels}
+    assert {(r["id"], r["response"]) for r in sheet} == keys and len(sheet) == len(keys)
+    assert all(r["reference"] and r["question"] for r in sheet)
     path.write_text('{"id": "q"}\n')
     with pytest.raises(data.DataError, match="labels.jsonl:1"):
         experiment.read_labels(path)
