@@ -35,6 +35,9 @@ _CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separat
 _LABELS = flags.DEFINE_string(
     "labels", None, "JSONL of independent labels of held-out answers: {id, response, label}."
 )
+_REPORT = flags.DEFINE_bool(
+    "report", False, "Write the results of the finished runs and run nothing."
+)
 _ANSWERS = flags.DEFINE_string(
     "answers",
     None,
@@ -76,7 +79,7 @@ def run_sweep(
     """Run every unfinished (cell, seed) of `exp` under `sweep`, then write the results.
 
     stop_after: return (without results) after this many runs of this call (emulates a kill).
-    only: run just these cells (the results still cover every finished cell).
+    only: run just these cells, none when empty (the results cover every finished cell).
     labels: a file of independent labels of held-out answers (see `read_labels`).
     Returns {"ran": [...], "skipped": [...], "failed": {...}, "results": ...}.
     """
@@ -90,7 +93,7 @@ def run_sweep(
         raise data.DataError(f"--cells: {', '.join(unknown)}: not a cell of {exp.name}")
     ran, skipped, failed = [], [], {}
     for cell in exp.cells:
-        if only and str(cell["name"]) not in only:
+        if only is not None and str(cell["name"]) not in only:
             continue
         for seed in cell_seeds(exp, cell):
             wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
@@ -324,6 +327,8 @@ def main(argv: list[str]) -> None:
         _write_atomic(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
         print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
         return
+    if _REPORT.value:
+        only = []
     try:
         out = run_sweep(exp, sweep, only=only, labels=_LABELS.value)
     except data.DataError as e:
