@@ -321,6 +321,12 @@ def main(argv: list[str]) -> None:
     if exp is None:
         raise app.UsageError("--config is required, e.g. --config configs/table1.py:smoke")
     sweep = Path(train._WORKDIR.value or exp.sweep_dir).expanduser()
+    # The cells compile the same programs (a minute or two each on a CPU): JAX's persistent
+    # cache lets every run after the first load them.
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(sweep / ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     only = [c for c in _CELLS.value.split(",") if c] if _CELLS.value else None
     if _ANSWERS.value:
         rows = answer_sheet(exp, sweep)
