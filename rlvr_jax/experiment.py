@@ -92,26 +92,26 @@ def run_sweep(
     if unknown:
         raise data.DataError(f"--cells: {', '.join(unknown)}: not a cell of {exp.name}")
     ran, skipped, failed = [], [], {}
-    for cell in exp.cells:
-        if only is not None and str(cell["name"]) not in only:
+    # Seed-major: a stopped sweep leaves whole rows of the table at its first seeds.
+    todo = [(cell, seed) for cell in exp.cells for seed in cell_seeds(exp, cell)
+            if only is None or str(cell["name"]) in only]  # fmt: skip
+    for cell, seed in sorted(todo, key=lambda cs: cs[1]):
+        wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
+        if (wd / heldout.SUMMARY).is_file():
+            skipped.append(tag)
             continue
-        for seed in cell_seeds(exp, cell):
-            wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
-            if (wd / heldout.SUMMARY).is_file():
-                skipped.append(tag)
-                continue
-            if stop_after is not None and len(ran) >= stop_after:
-                return {"ran": ran, "skipped": skipped, "failed": failed, "results": None}
-            print(f"rlvr_jax: experiment: running {tag} in {wd}", file=sys.stderr, flush=True)
-            try:
-                train.train(cell_config(exp, cell, seed), wd)
-            except Exception as e:  # a failed cell is reported; the other cells still run
-                failed[tag] = f"{type(e).__name__}: {e}"
-                wd.mkdir(parents=True, exist_ok=True)
-                (wd / "error.txt").write_text(traceback.format_exc())
-                print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
-                continue
-            ran.append(tag)
+        if stop_after is not None and len(ran) >= stop_after:
+            return {"ran": ran, "skipped": skipped, "failed": failed, "results": None}
+        print(f"rlvr_jax: experiment: running {tag} in {wd}", file=sys.stderr, flush=True)
+        try:
+            train.train(cell_config(exp, cell, seed), wd)
+        except Exception as e:  # a failed cell is reported; the other cells still run
+            failed[tag] = f"{type(e).__name__}: {e}"
+            wd.mkdir(parents=True, exist_ok=True)
+            (wd / "error.txt").write_text(traceback.format_exc())
+            print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
+            continue
+        ran.append(tag)
     res = collect(exp, sweep, failed, read_labels(labels) if labels else None)
     write_results(sweep, res)
     plot(exp, sweep, sweep / "accuracy.png")
