@@ -67,7 +67,7 @@ def build_update(cfg, state, batch, lora):
     from flax import nnx
 
     from rlvr_jax import memory, update
-    from rlvr_jax.models.lora import init_adapters
+    from rlvr_jax.models.transformer import init_adapters
     from rlvr_jax.models.transformer import abstract_model
 
     if lora is not None:

@@ -19,9 +19,9 @@ from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.answers import answer_view
 from rlvr_jax.likelihood import LikelihoodScorer
 from rlvr_jax.models.config import LoraConfig, ModelConfig
-from rlvr_jax.models.lora import init_adapters
+from rlvr_jax.models.default import NAMED_JUDGES, resolve_model_dir
 from rlvr_jax.models.model_dir import LoadedModel, load_model
-from rlvr_jax.models.transformer import abstract_model
+from rlvr_jax.models.transformer import abstract_model, init_adapters, init_sharded
 from rlvr_jax.rollout import PROMPT_BUCKETS, SamplingConfig, pad_prompts
 
 
@@ -74,33 +74,40 @@ def add_adapters(model: LoadedModel, lora: LoraConfig, mesh: jax.sharding.Mesh, 
 def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
     """A tiny random model over the synthetic word tokenizer, born sharded on `mesh`."""
     mcfg = synthetic_config(cfg)
-    graphdef, state = mesh_lib.init_sharded(mcfg, mesh, mesh_lib.TRAIN_RULES, int(cfg.seed))
+    graphdef, state = init_sharded(mcfg, mesh, mesh_lib.TRAIN_RULES, int(cfg.seed))
     scale = float(cfg.policy.tiny.get("embed_scale", 1.0))
     if scale != 1.0:
         state["embed"].set_value(state["embed"][...] * scale)
     return LoadedModel(mcfg, graphdef, state, synthetic.make_tokenizer())
 
 
-def resolve_model_dir(spec: str, build: bool = True) -> Path:
-    """A model spec -> its directory: "default" (embedded SmolLM2-135M-Instruct), "distilled"
-    (the default judge distilled by `rlvr_jax.distill`), "evaluation" (the held-out evaluation's
-    judge, distill.ensure_evaluation_judge) or a path. The named judges are produced when missing;
-    with build=False a missing one resolves to its student, the default model, which has its
-    architecture (memory planning needs shapes only and must not start a distillation)."""
-    if spec in ("distilled", "evaluation"):
+def model_dir(spec: str) -> Path:
+    """A model spec -> its directory, produced when missing: "distilled" (the default judge,
+    `rlvr_jax.distill.ensure_default_judge`), "evaluation" (the held-out evaluation's judge,
+    `distill.ensure_evaluation_judge`), or what `models.default.resolve_model_dir` takes
+    ("default" or a path)."""
+    if spec == "distilled":
         from rlvr_jax import distill
 
-        if not build and not (distill.named_judge_dir(spec) / "config.json").is_file():
-            spec = "default"
-        elif spec == "distilled":
-            return distill.ensure_default_judge()
-        else:
-            return distill.ensure_evaluation_judge()
-    if spec == "default":
-        from rlvr_jax.models.default import default_model_dir
+        return distill.ensure_default_judge()
+    if spec == "evaluation":
+        from rlvr_jax import distill
 
-        return default_model_dir()
-    return Path(spec)
+        return distill.ensure_evaluation_judge()
+    return resolve_model_dir(spec)
+
+
+def architecture_dir(spec: str) -> Path:
+    """A directory holding the architecture of model `spec`, never produced here: a named judge
+    that is not distilled yet has its student's, the default model's. Memory planning reads
+    shapes only, and must not start a distillation."""
+    if spec in NAMED_JUDGES:
+        from rlvr_jax import distill
+
+        if (distill.named_judge_dir(spec) / "config.json").is_file():
+            return distill.named_judge_dir(spec)
+        spec = "default"
+    return resolve_model_dir(spec)
 
 
 def load_sharded(
@@ -126,15 +133,11 @@ def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
     if cfg.policy.model == "synthetic":
         policy = synthetic_config(cfg)
     else:
-        policy = load_config(resolve_model_dir(cfg.policy.model, build=False))
+        policy = load_config(architecture_dir(cfg.policy.model))
         policy = policy.replace(dtype=str(cfg.policy.dtype), lora=lora_config(cfg))
     spec = judge_spec(cfg)
     judge = (
-        None
-        if not spec
-        else policy
-        if spec == "policy"
-        else load_config(resolve_model_dir(spec, build=False))
+        None if not spec else policy if spec == "policy" else load_config(architecture_dir(spec))
     )
     return policy, judge
 
@@ -145,7 +148,7 @@ def build_policy(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
     if cfg.policy.model == "synthetic":
         m = synthetic_model(cfg, mesh)
     else:
-        m = load_sharded(resolve_model_dir(cfg.policy.model), mesh, str(cfg.policy.dtype))
+        m = load_sharded(model_dir(cfg.policy.model), mesh, str(cfg.policy.dtype))
         lora = lora_config(cfg)
         if lora is not None:
             m = add_adapters(m, lora, mesh, int(cfg.seed))
@@ -266,7 +269,7 @@ class RewardRunner:
             if spec == "policy":  # the initial policy judges (its weights are never trained)
                 jm = policy._replace(state=jax.tree.map(lambda x: x.copy(), policy.state))
             else:
-                judge_dir = resolve_model_dir(spec)
+                judge_dir = model_dir(spec)
                 jm = load_sharded(judge_dir, mesh)
             jcfg = reward.judge_config_for(
                 judge_dir,

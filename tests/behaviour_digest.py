@@ -49,7 +49,7 @@ def rows_digest(variant: str | None = "smoke", with_prompts: bool = True) -> dic
         from rlvr_jax.tokenizer import Tokenizer
 
         cfg = judge_econ.get_config(variant)
-        model_dir = builders.resolve_model_dir(str(cfg.judge.model))
+        model_dir = builders.model_dir(str(cfg.judge.model))
         tok = Tokenizer.from_dir(model_dir)
         jcfg = reward.judge_config_for(
             model_dir, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)

@@ -213,8 +213,7 @@ def with_random_adapters(
     from flax import nnx
 
     from rlvr_jax.models.config import LORA_TARGETS, LoraConfig
-    from rlvr_jax.models.lora import init_adapters
-    from rlvr_jax.models.transformer import abstract_model
+    from rlvr_jax.models.transformer import abstract_model, init_adapters
 
     cfg = cfg.replace(lora=LoraConfig(rank, alpha, tuple(targets or LORA_TARGETS)))
     adapters = init_adapters(cfg, seed)

@@ -169,7 +169,7 @@ def test_judge_comparison_report():
     kappa between the two judges is the one agreement.cohen_kappa gives."""
     from rlvr_jax import agreement, probes
     from rlvr_jax.data import example_from_row
-    from rlvr_jax.eval_judge import compare_scorers, summary_lines
+    from rlvr_jax.distill.quality import compare_scorers, summary_lines
 
     rows = [
         # Rephrasings share no word with the reference: the rules cannot tell them correct.

@@ -153,7 +153,8 @@ def test_likelihood_rewards_build_no_judge(monkeypatch):
     def no_judge(spec):
         raise AssertionError(f"resolved judge model {spec!r}")
 
-    monkeypatch.setattr(builders, "resolve_model_dir", no_judge)
+    monkeypatch.setattr(builders, "model_dir", no_judge)
+    monkeypatch.setattr(builders, "architecture_dir", no_judge)
     cfg = econ.get_config("smoke")
     cfg.policy.model = "synthetic"
     for kind in builders.LIKELIHOOD_REWARDS:

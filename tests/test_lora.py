@@ -15,8 +15,8 @@ from flax import nnx
 from rlvr_jax import memory, rollout, update
 from rlvr_jax.models.config import ConfigError, LoraConfig, ModelConfig
 from rlvr_jax.models.hf_io import load_hf, save_hf
-from rlvr_jax.models.lora import init_adapters, merge_adapters, split_adapters
-from rlvr_jax.models.transformer import abstract_model, forward, positions_from_mask
+from rlvr_jax.models.lora import merge_adapters, split_adapters
+from rlvr_jax.models.transformer import abstract_model, forward, init_adapters, positions_from_mask
 
 _forward = jax.jit(forward, static_argnums=0)
 

@@ -44,7 +44,7 @@ def _worker() -> dict:
 
     from rlvr_jax import memory, mesh, rollout, update
     from rlvr_jax.models.kv_cache import KVCache
-    from rlvr_jax.models.transformer import forward, init_model, positions_from_mask
+    from rlvr_jax.models.transformer import forward, init_model, init_sharded, positions_from_mask
     from rlvr_jax.reward import judge_scores
 
     assert jax.device_count() == 8, jax.devices()
@@ -115,7 +115,7 @@ def _worker() -> dict:
             warnings.simplefilter("error", mesh.ShardingWarning)  # tiny model: everything divides
             state = mesh.shard_params(host, m, mesh.TRAIN_RULES)
         if shape == BORN_SHAPE:  # one shape: the random init is slow to compile for 8 devices
-            _, born = mesh.init_sharded(cfg, m, mesh.TRAIN_RULES, seed=3)
+            _, born = init_sharded(cfg, m, mesh.TRAIN_RULES, seed=3)
             out["init_max_diff"] = max_diff(born, ref["init"])
             wanted = jax.tree.leaves(mesh.param_shardings(born, m, mesh.TRAIN_RULES))
             out["init_shardings_ok"] = [x.sharding for x in jax.tree.leaves(born)] == wanted
@@ -154,7 +154,7 @@ def _worker() -> dict:
         # Measured per-device bytes against the plan.
         plan = memory.plan_memory(cfg, run, m)
         make_cache = lambda: KVCache.init(cfg, run.rows, run.prompt_len + run.completion_len)
-        cache_sh = mesh.kv_cache_shardings(jax.eval_shape(make_cache), m)
+        cache_sh = jax.eval_shape(make_cache).shardings(m)
         cache = jax.jit(make_cache, out_shardings=cache_sh)()
         r["params"] = [plan.terms["params"], memory.measured_bytes_per_device(state)]
         r["optimizer"] = [plan.terms["optimizer"], memory.measured_bytes_per_device(opt_state)]

@@ -123,7 +123,7 @@ def bench_shape(shape, args, cfg, graphdef, host_state) -> dict:
 
     from rlvr_jax import memory, rollout, update
     from rlvr_jax import mesh as mesh_lib
-    from rlvr_jax.models.transformer import forward, positions_from_mask
+    from rlvr_jax.models.transformer import forward, init_sharded, positions_from_mask
 
     m = mesh_lib.make_mesh(shape)
     n, p, big_l = args.prompts * args.group, args.prompt_len, args.new_tokens
@@ -133,7 +133,7 @@ def bench_shape(shape, args, cfg, graphdef, host_state) -> dict:
     budget = args.device_bytes or memory.device_memory_bytes()
     memory.check_fits(plan, budget)  # before anything is compiled or placed
     if host_state is None:
-        _, state = mesh_lib.init_sharded(cfg, m, mesh_lib.TRAIN_RULES, seed=0)
+        _, state = init_sharded(cfg, m, mesh_lib.TRAIN_RULES, seed=0)
     else:
         state = mesh_lib.shard_params(host_state, m, mesh_lib.TRAIN_RULES)
     rng = np.random.RandomState(0)

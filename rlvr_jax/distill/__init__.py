@@ -84,10 +84,10 @@ def ensure_default_judge(quiet: bool = False) -> Path:
 def ensure_evaluation_judge(quiet: bool = False) -> Path:
     """The evaluation judge's model directory, distilled by configs/judge_eval.py (once, then
     cached) when missing; its quality next to the reward judge's goes to quality.json in it
-    (`rlvr_jax.eval_judge.quality_report`)."""
+    (`rlvr_jax.distill.quality.quality_report`)."""
     target = _ensure("evaluation", quiet)
     if not (target / "quality.json").is_file():
-        from rlvr_jax.eval_judge import quality_report
+        from rlvr_jax.distill.quality import quality_report
 
         quality_report(target, ensure_default_judge(quiet), _load_config(EVALUATION_CONFIG))
     return target

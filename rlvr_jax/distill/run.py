@@ -22,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax import builders, checkpoint, data, reward, update
+from rlvr_jax import checkpoint, data, reward, update
 from rlvr_jax.cpu_meter import CpuMeter
 from rlvr_jax.distill import cache as act_cache
 from rlvr_jax.distill import evaluation, examples, prompts, sft, units
 from rlvr_jax.distill import split_model as sm
 from rlvr_jax.metrics import MetricsWriter
+from rlvr_jax.models.default import resolve_model_dir
 from rlvr_jax.models.model_dir import load_model, save_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -254,7 +255,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         return json.loads((workdir / "results.json").read_text())
     if cfg.judge.model == "distilled":
         raise ValueError("config judge.model: the starting model cannot be the distilled judge")
-    model_dir = builders.resolve_model_dir(str(cfg.judge.model))
+    model_dir = resolve_model_dir(str(cfg.judge.model))
     model = load_model(model_dir, dtype="float32")
     tok, n_layers = model.tokenizer, model.cfg.num_layers
     jcfg = reward.judge_config_for(

@@ -16,8 +16,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlvr_jax import builders, reward
+from rlvr_jax import reward
 from rlvr_jax.data import Example
+from rlvr_jax.models.default import resolve_model_dir
 from rlvr_jax.models.model_dir import load_model
 from rlvr_jax.rollout import SamplingConfig, sample_prompts
 
@@ -31,8 +32,8 @@ def judge_rows(cfg: Any, questions: list[Example]) -> list[dict]:
         raise ValueError("config distill.teacher_judge: a judge model directory is required")
     rng = np.random.default_rng([int(cfg.seed), 5])
     picked = [questions[i] for i in rng.permutation(len(questions))[: int(d.teacher_prompts)]]
-    policy = load_model(builders.resolve_model_dir(str(d.teacher_policy)))
-    teacher = load_model(builders.resolve_model_dir(str(d.teacher_judge)))
+    policy = load_model(resolve_model_dir(str(d.teacher_policy)))
+    teacher = load_model(resolve_model_dir(str(d.teacher_judge)))
     judge = reward.Judge(
         teacher.graphdef, teacher.state, teacher.tokenizer, reward.JudgeConfig(template="paper")
     )

@@ -12,16 +12,18 @@ the weights at every decode step, which costs about half the decode speed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.mesh import constrain_rows
+from rlvr_jax.mesh import TRAIN_RULES, Rules, constrain_rows, param_shardings
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.kv_cache import KVCache
-from rlvr_jax.models.lora import LoRA, adapted
+from rlvr_jax.models.lora import LoRA, adapted, split_adapters
 from rlvr_jax.models.matmul import matmul, project
 
 _INIT_STD = 0.02
@@ -321,6 +323,33 @@ def init_model(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, state of ShapeDtypeStructs) without allocating weights."""
     return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, _rngs(0))))
+
+
+def init_sharded(
+    cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: Rules = TRAIN_RULES, seed: int = 0
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """A random model born sharded: each device computes only its own shards of every parameter.
+
+    The same values as `jax.jit(lambda: init_model(cfg, seed)[1])()` on one device (the random
+    bits are partitionable, so they do not depend on the mesh).
+    """
+    graphdef, _ = abstract_model(cfg)
+    init = lambda: init_model(cfg, seed)[1]
+    shardings = param_shardings(jax.eval_shape(init), mesh, rules)
+    return graphdef, jax.jit(init, out_shardings=shardings)()
+
+
+def init_adapters(
+    cfg: ModelConfig, seed: int = 0, shardings_of: Callable[[Any], Any] | None = None
+) -> nnx.State:
+    """The LoRA adapters of `init_model(cfg, seed)` alone (jit drops the base weights' draws),
+    placed by `shardings_of(abstract adapters)` (e.g. the mesh rules' shardings) when given."""
+
+    def init() -> nnx.State:
+        return split_adapters(init_model(cfg, seed)[1])[0]
+
+    shardings = shardings_of(jax.eval_shape(init)) if shardings_of is not None else None
+    return jax.jit(init, out_shardings=shardings)()
 
 
 def forward(
