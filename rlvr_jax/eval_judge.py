@@ -1,5 +1,5 @@
 """`python -m rlvr_jax.eval_judge [--eval_judge DIR] [--reward_judge DIR]`: the evaluation judge's
-quality next to the reward judge's and the rule rewards' (rlvr_jax/distill/quality.py).
+quality next to the reward judge's and the rule rewards' (rlvr_jax/judge/distill/quality.py).
 
 Defaults: the named "evaluation" and "distilled" judges, built when missing. Prints the report and
 writes it to quality.json in the evaluation judge's directory.
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlvr_jax import distill
-from rlvr_jax.distill.quality import quality_report, summary_lines
+from rlvr_jax.judge import distill
+from rlvr_jax.judge.distill.quality import quality_report, summary_lines
 
 
 def main() -> None:

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from absl import app, logging
 
-from rlvr_jax import data, heldout, host_memory, stats, train
-from rlvr_jax.evaluate import _write_atomic
+from rlvr_jax import atomic, data, heldout, host_memory, stats, train
 from rlvr_jax.metrics import read_metrics
 
 
@@ -202,8 +201,8 @@ def plot(exp: Any, sweep: Path, out: Path) -> Path:
 
 
 def write_results(sweep: Path, res: dict) -> None:
-    _write_atomic(sweep / "results.md", markdown(res))
-    _write_atomic(sweep / "results.json", json.dumps(res, indent=2) + "\n")
+    atomic.write_text(sweep / "results.md", markdown(res))
+    atomic.write_text(sweep / "results.json", json.dumps(res, indent=2) + "\n")
 
 
 def main(argv: list[str]) -> None:

@@ -260,6 +260,15 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = TRAIN_RULES)
     return logical_sharding(mesh, _row_names(len(shape)), shape, rules)
 
 
+def rows_sharding(mesh: Mesh | None, shape: Sequence[int]) -> NamedSharding | None:
+    """`batch_sharding` for a batch whose row count (shape[0]) the batch axes divide, else None:
+    the row count of a fixed-size host batch (sampler, judge) is the user's to pick, and a batch
+    that does not divide stays whole on every device instead of failing."""
+    if mesh is None or shape[0] % batch_size_multiple(mesh):
+        return None
+    return batch_sharding(mesh, shape)
+
+
 def constrain_rows(x: jax.Array) -> jax.Array:
     """Inside a function traced under `jax.set_mesh(mesh)`: keep x's rows (dim 0) split over the
     batch axes and its other dims whole. Outside a mesh context, or when the rows do not divide,

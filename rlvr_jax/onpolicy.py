@@ -17,9 +17,7 @@ for the judge, the rule rewards and the share of answers that commit to nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from rlvr_jax import agreement
+from rlvr_jax import atomic, jsonl
+from rlvr_jax.judge import agreement
 
 DEFAULT_FILE = "data/onpolicy/answers.jsonl"
 SPLITS = ("train", "heldout")
@@ -55,18 +54,11 @@ def load(path: str | Path | None = None, split: str | None = None) -> list[dict]
     if split is not None and split not in SPLITS:
         raise OnPolicyError(f"split {split!r}: use one of {', '.join(SPLITS)}")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise OnPolicyError(f"{path}: cannot read ({e.strerror})") from None
+        read = jsonl.read_rows(path, allow_empty=True)
+    except jsonl.RowError as e:
+        raise OnPolicyError(str(e)) from None
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"{path}:line {i + 1}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OnPolicyError(f"{where}: not JSON ({e.msg})") from None
+    for where, r in read:
         for k, t in _FIELDS.items():
             if not isinstance(r.get(k), t):
                 raise OnPolicyError(f"{where}: {k}: expected a {t.__name__}, got {r.get(k)!r:.40}")
@@ -144,7 +136,7 @@ def markdown(table: Mapping[str, Any]) -> str:
 
 def rule_columns(rows: Sequence[Mapping]) -> dict[str, dict[str, np.ndarray]]:
     """The rule rewards on the rows, as quality_table columns (rule_binary's soft = its verdict)."""
-    from rlvr_jax.rules import rule_binary, rule_jaccard
+    from rlvr_jax.judge.rules import rule_binary, rule_jaccard
 
     rb = np.array([rule_binary(r["response"], r["reference"]) for r in rows], np.float32)
     rj = np.array([rule_jaccard(r["response"], r["reference"]) for r in rows], np.float32)
@@ -156,12 +148,13 @@ def judge_columns(
 ) -> dict[str, dict[str, np.ndarray]]:
     """The judge in `judge_dir` on the rows (its stored prompt settings; `view` overrides what of
     a response it reads), as a quality_table column, on the default CPU device."""
-    from rlvr_jax import reward
+    from rlvr_jax.judge import prompts as judge_prompts
+    from rlvr_jax.judge import scoring
     from rlvr_jax.models.model_dir import load_model
 
     m = load_model(judge_dir)
-    jcfg = reward.judge_config_for(judge_dir, "auto", view=view)
-    judge = reward.Judge(m.graphdef, m.state, m.tokenizer, jcfg)
+    jcfg = judge_prompts.judge_config_for(judge_dir, "auto", view=view)
+    judge = scoring.Judge(m.graphdef, m.state, m.tokenizer, jcfg)
     res = judge.score(
         [r["question"] for r in rows],
         [r["response"] for r in rows],
@@ -179,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="heldout", help="heldout | train | all")
     p.add_argument("--out", default=None, help="write the table as JSON here")
     args = p.parse_args(argv)
-    from rlvr_jax.answers import answer_view
+    from rlvr_jax.judge.answers import answer_view
 
     try:
         rows = load(args.input, None if args.split == "all" else args.split)
@@ -197,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(markdown(table), end="")
     if args.out:
-        tmp = f"{args.out}.tmp"
-        Path(tmp).write_text(json.dumps(table, indent=2, default=float) + "\n")
-        os.replace(tmp, args.out)
+        atomic.write_json(args.out, table)
     return 0
 
 

@@ -23,17 +23,18 @@ def judge_rows(variant: str | None = "smoke") -> dict[str, list[dict]]:
     """The rows of every split the distillation of configs/judge_econ.py[:variant] trains or
     evaluates on, in order."""
     from configs import judge_econ
-    from rlvr_jax.distill import examples, run
+    from rlvr_jax.judge.distill import examples
+    from rlvr_jax.judge.distill import rows as distill_rows
 
     cfg = judge_econ.get_config(variant)
-    train_q, val_q, held_q = run.load_questions(cfg)
+    train_q, val_q, held_q = distill_rows.load_questions(cfg)
     onp = examples.onpolicy_rows(
-        examples.keep_questions(run.onpolicy_answers(cfg, "heldout"), train_q + val_q)
+        examples.keep_questions(distill_rows.onpolicy_answers(cfg, "heldout"), train_q + val_q)
     )
     return {
-        "train": run.teacher_rows(cfg, train_q, val_q + held_q),
-        "val": run.eval_rows(cfg, val_q),
-        "heldout": run.eval_rows(cfg, held_q),
+        "train": distill_rows.teacher_rows(cfg, train_q, val_q + held_q),
+        "val": distill_rows.eval_rows(cfg, val_q),
+        "heldout": distill_rows.eval_rows(cfg, held_q),
         "onpolicy": onp,
     }
 
@@ -44,18 +45,18 @@ def rows_digest(variant: str | None = "smoke", with_prompts: bool = True) -> dic
     out = {k: _sha(v) for k, v in rows.items()}
     if with_prompts:
         from configs import judge_econ
-        from rlvr_jax import builders, reward
-        from rlvr_jax.distill import prompts
+        from rlvr_jax import builders
+        from rlvr_jax.judge import prompts as judge_prompts
         from rlvr_jax.tokenizer import Tokenizer
 
         cfg = judge_econ.get_config(variant)
         model_dir = builders.model_dir(str(cfg.judge.model))
         tok = Tokenizer.from_dir(model_dir)
-        jcfg = reward.judge_config_for(
+        jcfg = judge_prompts.judge_config_for(
             model_dir, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
         )
         for k, v in rows.items():
-            out[k + "_prompts"] = _sha(prompts.prompt_ids(tok, v, jcfg))
+            out[k + "_prompts"] = _sha(judge_prompts.prompt_ids(tok, v, jcfg))
     return out
 
 

@@ -1,7 +1,7 @@
 """The distillation's judge rows and prompts stay byte-identical under refactoring.
 
 The digests were taken from configs/judge_econ.py:smoke; a change of the recipe (a new judge
-name in rlvr_jax/distill) is the only reason to update them (`python tests/behaviour_digest.py
+name in rlvr_jax/judge/distill) is the only reason to update them (`python tests/behaviour_digest.py
 rows smoke` prints them).
 """
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from configs import judge_eval, table1, tiny
-from rlvr_jax import builders, distill, experiment, heldout, stats, train
+from rlvr_jax import builders, experiment, heldout, stats, train
 from rlvr_jax.hooks import HookContext, Hooks
+from rlvr_jax.judge import distill
 from rlvr_jax.metrics import read_metrics
 
 
@@ -130,7 +131,7 @@ def test_memory_planning_does_not_distill(monkeypatch, tmp_path):
 
 def test_evaluation_judge_trains_on_half_the_test_questions():
     from configs import judge_econ
-    from rlvr_jax.distill.run import load_questions
+    from rlvr_jax.judge.distill.rows import load_questions
 
     train_r, _, held_r = load_questions(judge_econ.get_config())
     train_e, val_e, held_e = load_questions(judge_eval.get_config())
@@ -167,9 +168,9 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
 def test_judge_comparison_report():
     """compare_scorers: a judge that follows the labels beats the rules and a random judge, and
     kappa between the two judges is the one agreement.cohen_kappa gives."""
-    from rlvr_jax import agreement, probes
     from rlvr_jax.data import example_from_row
-    from rlvr_jax.distill.quality import compare_scorers, summary_lines
+    from rlvr_jax.judge import agreement, probes
+    from rlvr_jax.judge.distill.quality import compare_scorers, summary_lines
 
     rows = [
         # Rephrasings share no word with the reference: the rules cannot tell them correct.

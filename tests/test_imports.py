@@ -85,3 +85,51 @@ def test_no_import_circles():
 
 def test_mesh_imports_no_model():
     assert not {m for m in import_graph()["rlvr_jax.mesh"] if m.startswith("rlvr_jax.models")}
+
+
+def test_every_package_import_resolves_in_this_tree():
+    """Each `rlvr_jax.X` that the package, its tools, tests and benchmarks import is a module of
+    this tree (an editable install elsewhere would otherwise answer for a moved module)."""
+    mods = set(_modules())
+    root = PKG.parent
+    missing = []
+    for p in sorted(
+        q for d in ("rlvr_jax", "tools", "tests", "bench") for q in (root / d).rglob("*.py")
+    ):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+                if node.module in mods:  # `from pkg import sub` names a module or a definition
+                    pkg = root.joinpath(*node.module.split("."))
+                    names += [
+                        f"{node.module}.{a.name}"
+                        for a in node.names
+                        if pkg.is_dir() and not _defines(pkg / "__init__.py", a.name)
+                    ]
+            else:
+                continue
+            missing += [
+                f"{p.relative_to(root)}: {n}"
+                for n in names
+                if n.split(".")[0] == "rlvr_jax" and n not in mods
+            ]
+    assert missing == []
+
+
+def _defines(init: Path, name: str) -> bool:
+    """Whether the package __init__ `init` binds `name` at top level."""
+    for node in ast.parse(init.read_text()).body:
+        targets = []
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            targets = [node.name]
+        elif isinstance(node, ast.Assign):
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            targets = [node.target.id]
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            targets = [(a.asname or a.name).split(".")[0] for a in node.names]
+        if name in targets:
+            return True
+    return False

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from rlvr_jax import probes
 from rlvr_jax.data import Example
-from rlvr_jax.distill import minimal_pairs as mp
+from rlvr_jax.judge import probes
+from rlvr_jax.judge.distill import minimal_pairs as mp
 
 # Final-line forms besides probes.ANSWER_FORMS, so that the judge does not learn one phrasing
 # (the held-out rows use ANSWER_FORMS only).

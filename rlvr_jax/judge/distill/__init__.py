@@ -6,9 +6,10 @@ negatives, trains the student's top blocks on the verdict token over cached froz
 activations, evaluates it on held-out questions next to the starting model, and saves it as a
 model directory and a Hugging Face export.
 
-Modules: examples (teacher rows), prompts (judge prompts via reward.py), units (shared-prefix
-batching), split_model (the split forward pass), cache (frozen activations), sft (the train
-step), evaluation (held-out figures), teacher_judge (on-policy teacher), run (orchestration).
+Modules: examples (teacher rows), units (shared-prefix batching), split_model (the split forward
+pass), cache (frozen activations), sft (the train step), evaluation (held-out figures), quality
+(the evaluation judge's report), teacher_judge (on-policy teacher), run (orchestration); the judge
+prompts are the scorer's own (rlvr_jax/judge/prompts.py).
 
 `ensure_default_judge()` is the default judge's entry point for train/evaluate configs that say
 `judge.model = "distilled"`; `ensure_evaluation_judge()` builds the held-out evaluation's judge
@@ -56,7 +57,7 @@ def named_judge_dir(spec: str) -> Path:
 
 def _load_config(config: str = CONFIG):
     """A judge config file's default config (the configs package sits at the repo root)."""
-    from rlvr_jax.distill.run import REPO_ROOT
+    from rlvr_jax.judge.distill.rows import REPO_ROOT
 
     path = REPO_ROOT / config
     if not path.is_file():
@@ -84,10 +85,10 @@ def ensure_default_judge(quiet: bool = False) -> Path:
 def ensure_evaluation_judge(quiet: bool = False) -> Path:
     """The evaluation judge's model directory, distilled by configs/judge_eval.py (once, then
     cached) when missing; its quality next to the reward judge's goes to quality.json in it
-    (`rlvr_jax.distill.quality.quality_report`)."""
+    (`rlvr_jax.judge.distill.quality.quality_report`)."""
     target = _ensure("evaluation", quiet)
     if not (target / "quality.json").is_file():
-        from rlvr_jax.distill.quality import quality_report
+        from rlvr_jax.judge.distill.quality import quality_report
 
         quality_report(target, ensure_default_judge(quiet), _load_config(EVALUATION_CONFIG))
     return target
@@ -110,7 +111,7 @@ def _ensure(spec: str, quiet: bool) -> Path:
             f"minutes on 2 CPU cores; resumable) in {work}; it is cached in {target} afterwards",
             file=sys.stderr,
         )
-    from rlvr_jax.distill.run import distill
+    from rlvr_jax.judge.distill.run import distill
 
     results = distill(_load_config(config), work)
     try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rlvr_jax import agreement
+from rlvr_jax.judge import agreement
 
 # (key, label, target as (comparison, value) or None)
 REPORTED = (

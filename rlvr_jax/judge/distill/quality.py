@@ -2,7 +2,7 @@
 rows of questions that neither judge trained on.
 
 `python -m rlvr_jax.eval_judge` prints the report; `quality_report` writes it to quality.json in
-the evaluation judge's directory. Rows: distill.run.eval_rows of the questions
+the evaluation judge's directory. Rows: distill.rows.eval_rows of the questions
 configs/judge_eval.py holds out (answers labelled by the data, master-key probes labelled NO).
 Figures per scorer: distill.evaluation.quality (accuracy and ROC AUC on answers, master-key
 false-positive rate, ...); for the rules, AUC of their score on the same answer rows; and Cohen's
@@ -11,21 +11,24 @@ kappa between the two judges' verdicts on every row.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rlvr_jax import agreement, reward
-from rlvr_jax.rules import rule_binary, rule_jaccard
+from rlvr_jax import atomic
+from rlvr_jax.judge import agreement, scoring
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge.rules import rule_binary, rule_jaccard
 
 
 def _judge_scores(model_dir: Path, rows: list[dict]) -> dict[str, np.ndarray]:
     from rlvr_jax.models.model_dir import load_model
 
     m = load_model(model_dir, dtype="float32")
-    judge = reward.Judge(m.graphdef, m.state, m.tokenizer, reward.judge_config_for(model_dir))
+    judge = scoring.Judge(
+        m.graphdef, m.state, m.tokenizer, judge_prompts.judge_config_for(model_dir)
+    )
     res = judge.score(
         [r["question"] for r in rows], [r["response"] for r in rows],
         [r["reference"] for r in rows],
@@ -36,7 +39,7 @@ def _judge_scores(model_dir: Path, rows: list[dict]) -> dict[str, np.ndarray]:
 def compare_scorers(rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) -> dict:
     """Quality of each judge in `scores` ({name: p_yes, p_no, binary, soft [N]}) and of the rule
     rewards on labelled `rows` [N], and Cohen's kappa between the first two judges."""
-    from rlvr_jax.distill import evaluation
+    from rlvr_jax.judge.distill import evaluation
 
     out: dict[str, Any] = {"n_rows": len(rows)}
     for name, s in scores.items():
@@ -61,7 +64,7 @@ def compare_scorers(rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) 
 def quality_report(eval_dir: Path, reward_dir: Path, cfg: Any) -> dict:
     """Score the held-out rows of `cfg` (a configs/judge_eval.py config) with both judges and the
     rules; write eval_dir/quality.json; return the report."""
-    from rlvr_jax.distill.run import eval_rows, load_questions
+    from rlvr_jax.judge.distill.rows import eval_rows, load_questions
 
     _, _, held = load_questions(cfg)
     rows = eval_rows(cfg, held)
@@ -71,9 +74,7 @@ def quality_report(eval_dir: Path, reward_dir: Path, cfg: Any) -> dict:
     }
     rep = compare_scorers(rows, scores)
     rep.update(eval_judge_dir=str(eval_dir), reward_judge_dir=str(reward_dir), questions=len(held))
-    tmp = Path(eval_dir) / "quality.json.tmp"
-    tmp.write_text(json.dumps(rep, indent=2, default=float) + "\n")
-    tmp.replace(Path(eval_dir) / "quality.json")
+    atomic.write_json(Path(eval_dir) / "quality.json", rep)
     return rep
 
 
