@@ -82,7 +82,7 @@ class JudgeConfig:
 
     template: "paper", "short", or a format string with {question}, {response}, {reference}.
     view: what of a response fills {response}: "committed" (`answers.answer_view`) or "last_line"
-    (its last non-empty line, what judges distilled before the committed view were trained on).
+    (its last non-empty line: for judges trained on last lines).
     system: the system message (None: no system message); chat_template: False = raw prompt text.
     max_prompt_len: token budget of one judge prompt (see the module docstring for the cut rule).
     buckets: padded prompt lengths (one compile per bucket); batch_size: rows per jitted call.
@@ -153,8 +153,8 @@ def prompt_settings_of(model_dir: str | Path) -> dict | None:
     path = Path(model_dir) / JUDGE_FILE
     if not path.is_file():
         return None
-    # Absent from the files of judges distilled before calibration / the committed view: they
-    # were trained without an offset, on last lines.
+    # A judge.json without these keys describes a judge trained without a calibration offset,
+    # on last lines: the defaults say so.
     optional = {"yes_bias": 0.0, "view": "last_line"}
     try:
         d = {**optional, **json.loads(path.read_text())}

@@ -120,7 +120,7 @@ def _ensure(spec: str, quiet: bool) -> Path:
         if not (target / "config.json").is_file():  # not a concurrent finisher: a real error
             raise
     (target / "distill_results.json").write_text(json.dumps(results, indent=2, default=float))
-    shutil.rmtree(work / "activations", ignore_errors=True)  # hundreds of MB, no longer needed
+    shutil.rmtree(work / "activations", ignore_errors=True)  # hundreds of MB, read only by SFT
     if not quiet:
         print(f"rlvr_jax: {spec} judge ready in {target}", file=sys.stderr)
     return target

@@ -2,7 +2,7 @@
 
 A row is a dict in the judgment-file layout of probes.py / tools/score.py: {id, question,
 reference, response, label ("YES"/"NO"), subject, field, kind} plus `teacher` (who gave the label).
-Teachers (PAPER.md, "Judge distillation"; issue 6):
+Teachers (PAPER.md, "Judge distillation"):
 
 - `labelled_rows`: the data's own labels. The reference and its rephrasings are YES; the
   distractors and other questions' references are NO; all written as a policy's final line in
@@ -57,9 +57,9 @@ _NOT_UNITS = {"thousand", "million", "billion", "trillion", "dollars", "percent"
 def surface_forms(answer: str) -> list[str]:
     """Rewrites of an answer that keep its meaning: "$25" as "25 dollars", "+4 units" as "4",
     "an inferior good" as "inferior good", "P = 20" as "20", "-1" as "-1.0", a changed first
-    letter case. The held-out errors of the distilled judge were such pairs judged different
-    (a reference "$25" against the response "25 dollars"); training on rewritten answers, YES
-    and NO alike, teaches that the surface form is not the cue. Empty when no rule applies."""
+    letter case. A judge trained on one spelling per answer judges such pairs different (a
+    reference "$25" against the response "25 dollars"); training on rewritten answers, YES and
+    NO alike, teaches that the surface form is not the cue. Empty when no rule applies."""
     a = answer.strip().rstrip(".").strip()
     out = []
     if m := re.fullmatch(rf"\$\s?({_NUM}{_SCALE})", a):
