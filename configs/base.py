@@ -109,6 +109,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # > 0: the train step projects to the vocabulary this many completion positions at a time,
     # recomputed in the backward pass ([N, L, V] logits never held at once); 0: all at once.
     c.optim.logit_chunk = 0
+    # True: each block's activations are recomputed in the backward pass instead of kept (less
+    # memory per micro-batch, about one more forward pass of time; the memory plan counts it).
+    c.optim.remat = False
     c.optim.train_layers = -1  # -1: all; k: only the top k blocks (+ final norm / head)
 
     # LoRA policy: train low-rank adapters on these products, every weight frozen (rank 0: off).

@@ -187,6 +187,7 @@ def step_config(cfg: Any, micro_batch: int) -> update.StepConfig:
         agg=losses.loss_aggregation(str(rl.algo), str(rl.loss_agg)),
         norm_len=int(rl.get("norm_len", 0)) or None,
         logit_chunk=int(cfg.optim.get("logit_chunk", 0)) or None,
+        remat=bool(cfg.optim.get("remat", False)),
     )
 
 

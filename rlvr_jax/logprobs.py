@@ -51,17 +51,21 @@ def token_logprobs_and_entropy(
     temperature: float = 1.0,
     logit_chunk: int | None = None,
     with_entropy: bool = True,
+    remat: bool = False,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs [N,L] (and entropies [N,L], no gradient) of the last L tokens of tokens [N,T].
 
     One forward pass to hidden states; the vocabulary projection runs only at the T-L..T-2
     positions that predict completion tokens (optionally in chunks of logit_chunk positions).
-    Positions come from `positions_from_mask(attn_mask)`, as in the sampler.
+    Positions come from `positions_from_mask(attn_mask)`, as in the sampler. remat: recompute
+    each block's activations in the backward pass (`Transformer.__call__`).
     """
     n, t = tokens.shape
     big_l = completion_len
     positions = positions_from_mask(attn_mask)
-    hidden, _ = forward(graphdef, params, tokens, positions, attn_mask, return_hidden=True)
+    hidden, _ = forward(
+        graphdef, params, tokens, positions, attn_mask, return_hidden=True, remat=remat
+    )
     h = hidden[:, t - big_l - 1 : t - 1]
     targets = tokens[:, t - big_l :]
     stats = lambda hh, tt: _head_stats(graphdef, params, hh, tt, temperature, with_entropy)

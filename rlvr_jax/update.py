@@ -74,6 +74,7 @@ class StepConfig:
     temperature, applied to logits so log-probs match the sampler's. logit_chunk: compute the
     vocabulary projection for this many completion positions at a time, rematerialised in the
     backward pass (saves [N,L,V] memory at the cost of recomputing the head; None = all at once).
+    remat: recompute each block's activations in the backward pass (memory.RunShape.remat).
     """
 
     micro_batch: int
@@ -85,6 +86,7 @@ class StepConfig:
     temperature: float = 1.0
     logit_chunk: int | None = None
     with_entropy: bool = True
+    remat: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +213,7 @@ def loss_and_grads(
             cfg.temperature,
             cfg.logit_chunk,
             cfg.with_entropy,
+            cfg.remat,
         )
         loss, met = losses.policy_loss(
             logp,

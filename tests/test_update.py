@@ -192,3 +192,25 @@ def test_step_config_fields_come_from_the_config():
     c.rl.clip_eps_high, c.rl.norm_len, c.optim.logit_chunk = 0.28, 96, 2
     sc = builders.step_config(c, 8)
     assert (sc.clip_eps_high, sc.norm_len, sc.logit_chunk) == (0.28, 96, 2)
+
+
+def test_remat_recomputes_blocks_with_the_same_gradients(model, batch):
+    """optim.remat recomputes each block in the backward pass: the same loss and gradients."""
+    graphdef, params = model
+    keep = lambda path, x: True
+    out = [
+        jax.jit(lambda p, b, r=r: update.loss_and_grads(
+            graphdef, p, b, update.StepConfig(micro_batch=4, remat=r), keep
+        ))(params, batch)
+        for r in (False, True)
+    ]  # fmt: skip
+    (g0, m0), (g1, m1) = out
+    np.testing.assert_allclose(float(m1["loss"]), float(m0["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    from configs import tiny
+    from rlvr_jax import builders
+
+    c = tiny.get_config()
+    c.optim.remat = True
+    assert builders.step_config(c, 8).remat

@@ -273,8 +273,12 @@ class Transformer(nnx.Module):
         attn_mask: jax.Array | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        remat: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions [N,T] int; attn_mask [N,T] (True = real token; default all real).
+
+        remat (training, no cache): each block's activations are recomputed in the backward pass
+        instead of kept, so a micro-batch holds one block's tensors plus every block's input.
 
         Without a cache: causal attention over these T tokens. With a cache: the T tokens are
         written at slots [index, index+T), attend to every earlier real slot, and the updated cache
@@ -298,7 +302,11 @@ class Transformer(nnx.Module):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i], cache.index)
-            x, (k, v) = layer(x, positions, mask, kv)
+            if remat and kv is None:
+                block = jax.checkpoint(lambda h, layer=layer: layer(h, positions, mask, None))
+                x, (k, v) = block(x)
+            else:
+                x, (k, v) = layer(x, positions, mask, kv)
             x = constrain_rows(x)
             ks.append(k)
             vs.append(v)
@@ -360,10 +368,11 @@ def forward(
     attn_mask: jax.Array | None = None,
     cache: KVCache | None = None,
     return_hidden: bool = False,
+    remat: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Pure forward pass over (graphdef, state); see `Transformer.__call__` for shapes."""
     model = nnx.merge(graphdef, state)
-    return model(tokens, positions, attn_mask, cache, return_hidden)
+    return model(tokens, positions, attn_mask, cache, return_hidden, remat)
 
 
 def lm_logits(graphdef: nnx.GraphDef, state: nnx.State, hidden: jax.Array) -> jax.Array:
