@@ -15,9 +15,8 @@ from flax import nnx
 
 from rlvr_jax import data, losses, synthetic, update
 from rlvr_jax import mesh as mesh_lib
-from rlvr_jax.judge.likelihood import LIKELIHOOD_REWARDS
 from rlvr_jax.models.config import LoraConfig, ModelConfig
-from rlvr_jax.models.default import NAMED_JUDGES, resolve_model_dir
+from rlvr_jax.models.default import resolve_model_dir
 from rlvr_jax.models.model_dir import LoadedModel, load_model
 from rlvr_jax.models.transformer import abstract_model, init_adapters, init_sharded
 from rlvr_jax.rollout import PROMPT_BUCKETS, SamplingConfig, pad_prompts
@@ -79,35 +78,6 @@ def synthetic_model(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
     return LoadedModel(mcfg, graphdef, state, synthetic.make_tokenizer())
 
 
-def model_dir(spec: str) -> Path:
-    """A model spec -> its directory, produced when missing: "distilled" (the default judge,
-    `rlvr_jax.judge.distill.ensure_default_judge`), "evaluation" (the held-out evaluation's judge,
-    `distill.ensure_evaluation_judge`), or what `models.default.resolve_model_dir` takes
-    ("default" or a path)."""
-    if spec == "distilled":
-        from rlvr_jax.judge import distill
-
-        return distill.ensure_default_judge()
-    if spec == "evaluation":
-        from rlvr_jax.judge import distill
-
-        return distill.ensure_evaluation_judge()
-    return resolve_model_dir(spec)
-
-
-def architecture_dir(spec: str) -> Path:
-    """A directory holding the architecture of model `spec`, never produced here: a named judge
-    that is not distilled yet has its student's, the default model's. Memory planning reads
-    shapes only, and must not start a distillation."""
-    if spec in NAMED_JUDGES:
-        from rlvr_jax.judge import distill
-
-        if (distill.named_judge_dir(spec) / "config.json").is_file():
-            return distill.named_judge_dir(spec)
-        spec = "default"
-    return resolve_model_dir(spec)
-
-
 def load_sharded(
     model_dir: str | Path,
     mesh: jax.sharding.Mesh,
@@ -124,29 +94,13 @@ def load_sharded(
     return load_model(model_dir, dtype=dtype, shardings=shardings)
 
 
-def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
-    """(policy, judge or None) ModelConfigs from the config, without loading any weights."""
-    from rlvr_jax.models.model_dir import load_config
-
-    if cfg.policy.model == "synthetic":
-        policy = synthetic_config(cfg)
-    else:
-        policy = load_config(architecture_dir(cfg.policy.model))
-        policy = policy.replace(dtype=str(cfg.policy.dtype), lora=lora_config(cfg))
-    spec = judge_spec(cfg)
-    judge = (
-        None if not spec else policy if spec == "policy" else load_config(architecture_dir(spec))
-    )
-    return policy, judge
-
-
 def build_policy(cfg: Any, mesh: jax.sharding.Mesh) -> LoadedModel:
     """The policy of the config, born sharded, with LoRA adapters when lora.rank > 0 and its
     tokenizer rendering chats with the config's template options (data.enable_thinking)."""
     if cfg.policy.model == "synthetic":
         m = synthetic_model(cfg, mesh)
     else:
-        m = load_sharded(model_dir(cfg.policy.model), mesh, str(cfg.policy.dtype))
+        m = load_sharded(resolve_model_dir(cfg.policy.model), mesh, str(cfg.policy.dtype))
         lora = lora_config(cfg)
         if lora is not None:
             m = add_adapters(m, lora, mesh, int(cfg.seed))
@@ -222,9 +176,3 @@ def policy_prompts(
         seqs = [tok.encode(ex.question) for ex in examples]
     buckets = prompt_buckets(int(cfg.rollout.max_prompt_len))
     return pad_prompts(seqs, tok.pad_id, buckets, batch)
-
-
-def judge_spec(cfg: Any) -> str:
-    """The judge model a run builds: none for the likelihood rewards, which need no judge (a
-    config's judge.model, e.g. "distilled", is then ignored and never resolved or distilled)."""
-    return "" if str(cfg.judge.reward) in LIKELIHOOD_REWARDS else str(cfg.judge.model)

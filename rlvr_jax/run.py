@@ -22,9 +22,13 @@ from rlvr_jax import builders, checkpoint, data, heldout, memory, minibatch, upd
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax import multihost as mh
 from rlvr_jax.batches import BatchIterator
+from rlvr_jax.judge import specs
 from rlvr_jax.judge.runner import RewardRunner
 from rlvr_jax.logprobs import make_ref_logprobs
+from rlvr_jax.models.config import ModelConfig
+from rlvr_jax.models.default import resolve_model_dir
 from rlvr_jax.models.lora import split_adapters
+from rlvr_jax.models.model_dir import load_config
 from rlvr_jax.models.transformer import abstract_model
 
 
@@ -109,8 +113,26 @@ def restore_checkpoint(run: Run, state: update.TrainState, step: int) -> update.
 # --------------------------------------------------------------------------- building
 
 
+def model_configs(cfg: Any) -> tuple[ModelConfig, ModelConfig | None]:
+    """(policy, judge or None) ModelConfigs from the config, without loading any weights."""
+    if cfg.policy.model == "synthetic":
+        policy = builders.synthetic_config(cfg)
+    else:
+        policy = load_config(resolve_model_dir(cfg.policy.model))
+        policy = policy.replace(dtype=str(cfg.policy.dtype), lora=builders.lora_config(cfg))
+    spec = specs.judge_spec(cfg)
+    judge = (
+        None
+        if not spec
+        else policy
+        if spec == "policy"
+        else load_config(specs.judge_architecture_dir(spec))
+    )
+    return policy, judge
+
+
 def _plan_args(cfg: Any, mesh: jax.sharding.Mesh) -> tuple:
-    policy_cfg, judge_cfg = builders.model_configs(cfg)
+    policy_cfg, judge_cfg = model_configs(cfg)
     return policy_cfg, memory.RunShape.from_config(cfg), mesh, judge_cfg
 
 

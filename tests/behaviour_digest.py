@@ -45,12 +45,12 @@ def rows_digest(variant: str | None = "smoke", with_prompts: bool = True) -> dic
     out = {k: _sha(v) for k, v in rows.items()}
     if with_prompts:
         from configs import judge_econ
-        from rlvr_jax import builders
         from rlvr_jax.judge import prompts as judge_prompts
+        from rlvr_jax.models.default import resolve_model_dir
         from rlvr_jax.tokenizer import Tokenizer
 
         cfg = judge_econ.get_config(variant)
-        model_dir = builders.model_dir(str(cfg.judge.model))
+        model_dir = resolve_model_dir(str(cfg.judge.model))
         tok = Tokenizer.from_dir(model_dir)
         jcfg = judge_prompts.judge_config_for(
             model_dir, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)

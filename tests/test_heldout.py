@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import judge_eval, table1, tiny
-from rlvr_jax import builders, experiment, heldout, stats, train
+from rlvr_jax import experiment, heldout, stats, train
+from rlvr_jax import run as rl_run
 from rlvr_jax.hooks import HookContext, Hooks
 from rlvr_jax.judge import distill
 from rlvr_jax.metrics import read_metrics
@@ -125,7 +126,7 @@ def test_memory_planning_does_not_distill(monkeypatch, tmp_path):
     for spec in ("distilled", "evaluation"):
         cfg = _cfg(judge__model=spec)
         cfg.policy.model = "default"
-        policy, judge = builders.model_configs(cfg)
+        policy, judge = rl_run.model_configs(cfg)
         assert judge.num_layers == policy.num_layers and judge.vocab_size == policy.vocab_size
 
 

@@ -148,24 +148,25 @@ def test_likelihood_rewards_build_no_judge(monkeypatch):
     (which would distil it), and the rule rewards are still scored."""
     from configs import econ
     from rlvr_jax import builders
-    from rlvr_jax.judge import runner
+    from rlvr_jax import run as rl_run
+    from rlvr_jax.judge import runner, specs
 
     def no_judge(spec):
         raise AssertionError(f"resolved judge model {spec!r}")
 
-    monkeypatch.setattr(builders, "model_dir", no_judge)
-    monkeypatch.setattr(builders, "architecture_dir", no_judge)
+    monkeypatch.setattr(specs, "judge_model_dir", no_judge)
+    monkeypatch.setattr(specs, "judge_architecture_dir", no_judge)
     cfg = econ.get_config("smoke")
     cfg.policy.model = "synthetic"
     for kind in runner.LIKELIHOOD_REWARDS:
         cfg.judge.reward = kind
-        assert builders.judge_spec(cfg) == "" and builders.model_configs(cfg)[1] is None
+        assert specs.judge_spec(cfg) == "" and rl_run.model_configs(cfg)[1] is None
         mesh = builders.build_mesh(cfg)
         rr = runner.RewardRunner.from_config(cfg, mesh, builders.synthetic_model(cfg, mesh))
         assert rr.judge is None and rr.likelihood is not None
         assert set(rr.rules) == {"rule_binary", "rule_jaccard"}
     cfg.judge.reward = "soft"
-    assert builders.judge_spec(cfg) == "distilled"
+    assert specs.judge_spec(cfg) == "distilled"
 
 
 def test_resume_equals_uninterrupted_with_likelihood_reward(tmp_path):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from rlvr_jax import onpolicy
 from rlvr_jax.data import Example
+from rlvr_jax.judge import onpolicy
 from rlvr_jax.judge.answers import answer_view
 from rlvr_jax.judge.distill import examples as E
 

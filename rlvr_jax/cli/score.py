@@ -207,15 +207,15 @@ def likelihood_columns(args, mesh, fields) -> dict[str, list]:
     import jax
     from tqdm import tqdm
 
-    from rlvr_jax.builders import load_sharded, model_dir
+    from rlvr_jax.builders import load_sharded
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT
     from rlvr_jax.judge.likelihood import LikelihoodScorer
     from rlvr_jax.models.config import ConfigError
-    from rlvr_jax.models.default import DefaultModelError
+    from rlvr_jax.models.default import DefaultModelError, resolve_model_dir
 
     try:
-        m = load_sharded(model_dir(args.policy), mesh)
+        m = load_sharded(resolve_model_dir(args.policy), mesh)
     except (ConfigError, CheckpointError, DefaultModelError, OSError) as e:
         raise RowError(f"--policy: {e}") from None
     scorer = LikelihoodScorer(m.graphdef, m.tokenizer, args.batch_size, mesh)

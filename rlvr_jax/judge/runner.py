@@ -17,6 +17,7 @@ import numpy as np
 from rlvr_jax import builders, data
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import specs
 from rlvr_jax.judge.answers import answer_view
 from rlvr_jax.judge.likelihood import LIKELIHOOD_REWARDS, LikelihoodScorer
 from rlvr_jax.judge.rules import math_equivalent, rule_binary, rule_jaccard
@@ -68,13 +69,13 @@ class RewardRunner:
     @classmethod
     def from_config(cls, cfg: Any, mesh: jax.sharding.Mesh, policy: LoadedModel) -> RewardRunner:
         judge = None
-        spec = builders.judge_spec(cfg)
+        spec = specs.judge_spec(cfg)
         if spec:
             judge_dir = None
             if spec == "policy":  # the initial policy judges (its weights are never trained)
                 jm = policy._replace(state=jax.tree.map(lambda x: x.copy(), policy.state))
             else:
-                judge_dir = builders.model_dir(spec)
+                judge_dir = specs.judge_model_dir(spec)
                 jm = builders.load_sharded(judge_dir, mesh)
             jcfg = judge_prompts.judge_config_for(
                 judge_dir,

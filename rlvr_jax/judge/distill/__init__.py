@@ -56,12 +56,12 @@ def named_judge_dir(spec: str) -> Path:
 
 
 def _load_config(config: str = CONFIG):
-    """A judge config file's default config (the configs package sits at the repo root)."""
-    from rlvr_jax.judge.distill.rows import REPO_ROOT
+    """A judge config file's default config (the configs package sits at the checkout's root)."""
+    from rlvr_jax.shipped import CHECKOUT as REPO_ROOT
+    from rlvr_jax.shipped import find
 
-    path = REPO_ROOT / config
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the judge's config is missing")
+    path = find(config)
+    # The config imports the `configs` package, which is not installed with rlvr_jax.
     sys.path.insert(0, str(REPO_ROOT))
     try:
         spec = importlib.util.spec_from_file_location("_judge_econ_config", path)

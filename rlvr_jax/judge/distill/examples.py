@@ -12,7 +12,7 @@ Teachers (PAPER.md, "Judge distillation"):
 - `judge_rows` (distill/teacher_judge.py): a judge model labels a policy's on-policy rollouts.
 - `master_key_rows`: content-free and truncated responses (probes.PROBES) labelled NO, always
   added (arXiv 2507.08794).
-- `onpolicy_rows`: the policy's own answers with a teacher's labels (rlvr_jax/onpolicy.py): the
+- `onpolicy_rows`: the policy's own answers with a teacher's labels (judge/onpolicy.py): the
   rambling, cut-off, prose-answered responses the judge scores during RL.
 - `prose_rows` and `conflicting_rows`: the reference and a distractor stated in prose (YES / NO),
   and responses that commit to two different answers, the reference among them (NO): what the
@@ -229,7 +229,7 @@ def conflicting_rows(examples: Sequence[Example], seed: int, per_question: int) 
 
 
 def onpolicy_rows(answers: Sequence[dict], repeat: int = 1) -> list[dict]:
-    """Judge rows from labelled on-policy answers (rlvr_jax/onpolicy.py rows): correct -> YES,
+    """Judge rows from labelled on-policy answers (rlvr_jax/judge/onpolicy.py rows): correct -> YES,
     else NO, kind "onpolicy", each `repeat` times (they are few next to the data's rows); the
     "cut" flag travels with the row, so that the judge reads them as the scorer will."""
     rows = []

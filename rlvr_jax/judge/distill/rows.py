@@ -9,19 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from rlvr_jax import data
+from rlvr_jax import data, shipped
 from rlvr_jax.judge.distill import examples
-
-# The checkout this package sits in: relative data sources are also looked up there, so that the
-# shipped configs work from any directory of a checkout.
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def resolve_source(src: str) -> str:
-    """A data source as given, or relative to the repository when it is not found from here."""
+    """A data source as given, or where `shipped.locate` finds it (the loader reports a source
+    found nowhere, naming it as given)."""
     if src.startswith("math:") or Path(src).exists() or Path(src).is_absolute():
         return src
-    return str(REPO_ROOT / src) if (REPO_ROOT / src).exists() else src
+    return str(shipped.locate(src) or src)
 
 
 def load_questions(
@@ -114,7 +111,7 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
 
 def onpolicy_answers(cfg: Any, split: str) -> list[dict]:
     """The labelled on-policy answers of `split` from config distill.onpolicy_file ("" = none)."""
-    from rlvr_jax import onpolicy
+    from rlvr_jax.judge import onpolicy
 
     path = str(cfg.distill.get("onpolicy_file", ""))
     return onpolicy.load(resolve_source(path), split) if path else []

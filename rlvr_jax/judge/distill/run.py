@@ -291,7 +291,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
     md = evaluation.markdown(cols)
     if onpolicy_heldout is not None:
-        from rlvr_jax import onpolicy
+        from rlvr_jax.judge import onpolicy
 
         table = onpolicy.markdown(onpolicy_heldout)
         print(f"rlvr_jax: held-out on-policy answers\n{table}", file=sys.stderr)
