@@ -15,12 +15,15 @@ Runs (the trainer, the judge distillation) keep step-numbered checkpoints in one
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -28,6 +31,47 @@ PyTree = Any
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or written; the message is one readable line."""
+
+
+# Set inside `this_process_only()`: orbax then synchronises with no other process.
+_SOLO = False
+
+
+@contextlib.contextmanager
+def this_process_only() -> Iterator[None]:
+    """Checkpoints written and read inside are this process's alone. In a multi-process job orbax
+    otherwise meets every process at barriers, and the others are not saving (a distillation runs
+    on process 0 while they wait)."""
+    global _SOLO
+    before, _SOLO = _SOLO, True
+    try:
+        yield
+    finally:
+        _SOLO = before
+
+
+def _solo_in_job() -> bool:
+    return _SOLO and jax.process_count() > 1
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    if not _solo_in_job():
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    only = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"solo{me}"
+    )
+    return ocp.StandardCheckpointer(multiprocessing_options=only)
+
+
+def _as_numpy_target(x: Any) -> Any:
+    return np.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+
+
+def _place(value: Any, target: Any) -> Any:
+    if isinstance(target, jax.ShapeDtypeStruct):
+        return jax.device_put(value, target.sharding)
+    return value
 
 
 def _single_device_sharding() -> jax.sharding.Sharding:
@@ -51,7 +95,9 @@ def save_pytree(path: str | Path, tree: PyTree, overwrite: bool = False) -> None
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path}: already exists")
-    with ocp.StandardCheckpointer() as ckptr:
+    if _solo_in_job():  # orbax refuses single-device arrays in a job; as numpy it writes them
+        tree = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) else x, tree)
+    with _checkpointer() as ckptr:
         ckptr.save(path, tree, force=overwrite)
         ckptr.wait_until_finished()
 
@@ -114,11 +160,15 @@ def restore_pytree(path: str | Path, abstract_tree: PyTree) -> PyTree:
         raise CheckpointError(f"{path}: no checkpoint directory")
     target = jax.tree.map(_with_sharding, abstract_tree)
     try:
-        with ocp.StandardCheckpointer() as ckptr:
+        with _checkpointer() as ckptr:
             # Compare first: on a mismatch orbax fails only after starting every read, and the
             # abandoned reads then print pages of tracebacks.
             _check_matches(path, ckptr.metadata(path).item_metadata, target)
-            return ckptr.restore(path, target)
+            if not _solo_in_job():
+                return ckptr.restore(path, target)
+            # Read as numpy (see save_pytree), then placed where the target says.
+            host = jax.tree.map(_as_numpy_target, target)
+            return jax.tree.map(_place, ckptr.restore(path, host), target)
     except (ValueError, KeyError, FileNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -155,7 +205,7 @@ def _check_matches(path: Path, stored: PyTree, target: PyTree) -> None:
 def pytree_metadata(path: str | Path) -> PyTree:
     """The stored tree's structure with per-leaf metadata (shape, dtype), without reading arrays."""
     path = Path(path).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
         return ckptr.metadata(path).item_metadata
 
 

@@ -34,16 +34,12 @@ def main(argv: list[str], fl: dict) -> None:
     cfg = fl["config"].value
     if cfg is None:
         raise app.UsageError("--config is required, e.g. --config configs/judge_econ.py")
-    from rlvr_jax import mesh
-    from rlvr_jax.judge.distill.run import distill
+    from rlvr_jax import multihost
+    from rlvr_jax.judge.distill import run_in_job
 
-    if mesh.cluster_detected():
-        # Distillation trains on one device; N processes would each write the same files.
-        msg = "error: rlvr_jax.distill runs as one process; start it outside a multi-process job"
-        print(f"{msg} (JAX_COORDINATOR_ADDRESS, SLURM or MPI ranks are set)", file=sys.stderr)
-        sys.exit(2)
+    multihost.join(cfg.get("mesh"))  # the same environment and config fields as rlvr_jax.train
     try:
-        distill(cfg, fl["workdir"].value)
+        run_in_job(cfg, fl["workdir"].value)
     except (data.DataError, checkpoint.CheckpointError, ConfigError, LeakError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -20,14 +20,26 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from absl import app, logging
+from absl import app, flags, logging
 
 from rlvr_jax import atomic, data, heldout, host_memory, stats, train
 from rlvr_jax.metrics import read_metrics
+
+_CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separated names).")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "JSONL of independent labels of held-out answers: {id, response, label}."
+)
+_ANSWERS = flags.DEFINE_string(
+    "answers",
+    None,
+    "Write the finished runs' distinct held-out answers (shuffled, without "
+    "their run) to this JSONL file for blind labelling, and run nothing.",
+)
 
 
 def cell_config(exp: Any, cell: Any, seed: int) -> Any:
@@ -48,10 +60,23 @@ def run_dir(sweep: Path, cell: Any, seed: int) -> Path:
     return sweep / str(cell["name"]) / f"seed{seed}"
 
 
-def run_sweep(exp: Any, sweep: str | Path, stop_after: int | None = None) -> dict:
+def cell_seeds(exp: Any, cell: Any) -> list[int]:
+    """The cell's own `seeds` when it names them, else the experiment's."""
+    return [int(s) for s in (cell.get("seeds") or exp.seeds)]
+
+
+def run_sweep(
+    exp: Any,
+    sweep: str | Path,
+    stop_after: int | None = None,
+    only: Sequence[str] | None = None,
+    labels: str | Path | None = None,
+) -> dict:
     """Run every unfinished (cell, seed) of `exp` under `sweep`, then write the results.
 
     stop_after: return (without results) after this many runs of this call (emulates a kill).
+    only: run just these cells (the results still cover every finished cell).
+    labels: a file of independent labels of held-out answers (see `read_labels`).
     Returns {"ran": [...], "skipped": [...], "failed": {...}, "results": ...}.
     """
     sweep = Path(sweep).expanduser()
@@ -59,9 +84,14 @@ def run_sweep(exp: Any, sweep: str | Path, stop_after: int | None = None) -> dic
     names = [str(c["name"]) for c in exp.cells]
     if len(set(names)) != len(names):
         raise data.DataError("config cells: two cells share a name")
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise data.DataError(f"--cells: {', '.join(unknown)}: not a cell of {exp.name}")
     ran, skipped, failed = [], [], {}
     for cell in exp.cells:
-        for seed in exp.seeds:
+        if only and str(cell["name"]) not in only:
+            continue
+        for seed in cell_seeds(exp, cell):
             wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
             if (wd / heldout.SUMMARY).is_file():
                 skipped.append(tag)
@@ -78,7 +108,7 @@ def run_sweep(exp: Any, sweep: str | Path, stop_after: int | None = None) -> dic
                 print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
                 continue
             ran.append(tag)
-    res = collect(exp, sweep, failed)
+    res = collect(exp, sweep, failed, read_labels(labels) if labels else None)
     write_results(sweep, res)
     plot(exp, sweep, sweep / "accuracy.png")
     return {"ran": ran, "skipped": skipped, "failed": failed, "results": res}
@@ -87,7 +117,7 @@ def run_sweep(exp: Any, sweep: str | Path, stop_after: int | None = None) -> dic
 def _cell_rows(exp: Any, sweep: Path, cell: Any) -> tuple[list, list, list[int]]:
     """Per seed: (step-0 rows, last-step rows) of the finished runs, and their seeds."""
     befores, afters, seeds = [], [], []
-    for seed in exp.seeds:
+    for seed in cell_seeds(exp, cell):
         wd = run_dir(sweep, cell, seed)
         steps = heldout.eval_steps(wd)
         if (wd / heldout.SUMMARY).is_file() and steps and steps[0] == 0 and len(steps) > 1:
@@ -105,15 +135,68 @@ def _mean_over_seeds(runs: list[list[dict]], key: str) -> list[dict]:
     return out
 
 
-def collect(exp: Any, sweep: Path, failed: dict | None = None) -> dict:
-    """results.json's content from the finished runs under `sweep`."""
+def read_labels(path: str | Path) -> dict[tuple[str, str], float]:
+    """Independent labels of held-out answers: a JSONL file of {"id", "response", "label"}
+    (1 correct, 0 not), keyed by (question id, response text)."""
+    out = {}
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            out[(str(r["id"]), str(r["response"]))] = float(r["label"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise data.DataError(f"{path}:{i}: not a label row ({type(e).__name__}: {e})") from e
+    return out
+
+
+def answer_sheet(exp: Any, sweep: Path, seed: int = 0) -> list[dict]:
+    """Every distinct held-out answer of the finished runs (step 0 and each run's last evaluated
+    step), shuffled and without the run that gave it, for independent blind labelling: rows of
+    {"id", "question", "reference", "response", "cut"}; the label rows that
+    `read_labels` reads need only "id", "response" and "label"."""
+    by_id: dict[str, Any] = {}
+    seen: dict[tuple[str, str], dict] = {}
+    for cell in exp.cells:
+        for b, a in zip(*_cell_rows(exp, sweep, cell)[:2], strict=True):
+            for r in b + a:
+                if "question" not in r and not by_id:  # rows written before they held the text
+                    exs = data.load_examples(list(exp.run.data.test), "test").examples
+                    by_id = {ex.id: {"question": ex.question, "reference": ex.reference}
+                             for ex in exs}  # fmt: skip
+                q = r if "question" in r else by_id[str(r["id"])]
+                seen.setdefault((str(r["id"]), str(r["response"])), {
+                    "id": str(r["id"]), "question": q["question"], "reference": q["reference"],
+                    "response": str(r["response"]), "cut": not bool(r.get("stopped", True)),
+                })  # fmt: skip
+    rows = [seen[k] for k in sorted(seen)]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def _labelled(runs: list[list[dict]], labels: dict) -> list[list[dict]] | None:
+    """The rows with "correct" replaced by the independent label; None unless all are labelled."""
+    out = []
+    for rows in runs:
+        got = [labels.get((str(r["id"]), str(r["response"]))) for r in rows]
+        if any(g is None for g in got):
+            return None
+        out.append([{**r, "correct": g} for r, g in zip(rows, got, strict=True)])
+    return out
+
+
+def collect(exp: Any, sweep: Path, failed: dict | None = None, labels: dict | None = None) -> dict:
+    """results.json's content from the finished runs under `sweep`; with `labels`, also held-out
+    accuracy by those labels ("labelled") for every cell whose answers they all cover."""
     cells, base = {}, None
     for cell in exp.cells:
         befores, afters, seeds = _cell_rows(exp, sweep, cell)
         if not seeds:
             continue
         b, a = _mean_over_seeds(befores, "correct"), _mean_over_seeds(afters, "correct")
+        summary = json.loads((run_dir(sweep, cell, seeds[0]) / heldout.SUMMARY).read_text())
         entry: dict[str, Any] = {
+            "evaluator": str(summary.get("judge", "")),
             "kind": str(cell["kind"]),
             "reward": str(cell.get("reward", "")),
             "algo": str(cell.get("algo", "")),
@@ -128,6 +211,14 @@ def collect(exp: Any, sweep: Path, failed: dict | None = None) -> dict:
             rb = _mean_over_seeds(befores, "reward_judge")
             ra = _mean_over_seeds(afters, "reward_judge")
             entry["reward_judge"] = heldout.compare(rb, ra, "reward_judge")["all"]
+        lb, la = (_labelled(x, labels) if labels else None for x in (befores, afters))
+        if lb is not None and la is not None:
+            b_l, a_l = _mean_over_seeds(lb, "correct"), _mean_over_seeds(la, "correct")
+            entry["labelled"] = heldout.compare(b_l, a_l)["all"]
+            entry["labelled_per_seed"] = [
+                stats.paired_ci([r["correct"] for r in x], [r["correct"] for r in y])["change"]
+                for x, y in zip(lb, la, strict=True)
+            ]
         cells[str(cell["name"])] = entry
         if base is None:
             base = {"from": str(cell["name"]), "accuracy": heldout.compare(b, b)["all"]["before"]}
@@ -142,21 +233,35 @@ def _ci(d: dict) -> str:
 def markdown(res: dict) -> str:
     """results.md: one row per cell, then per-field rows."""
     lines = [
-        f"# {res['name']}: held-out accuracy (%) by the evaluation judge, seeds {res['seeds']}",
+        f"# {res['name']}: held-out accuracy (%), 95% bootstrap CIs over questions",
         "",
-        "| cell | before | after | change (paired) | reward judge before -> after |",
-        "|---|---:|---:|---:|---:|",
+        "| cell | seeds | evaluator | before | after | change (paired) "
+        "| reward judge before -> after |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     if res["base"]:
-        lines.append(f"| base policy | {_ci(res['base']['accuracy'])} | | | |")
+        lines.append(f"| base policy | | | {_ci(res['base']['accuracy'])} | | | |")
     for name, c in res["cells"].items():
         acc = c["accuracy"]["all"]
         rj = c.get("reward_judge")
         rjs = f"{100 * rj['before']['mean']:.1f} -> {100 * rj['after']['mean']:.1f}" if rj else ""
         lines.append(
-            f"| {name} | {_ci(acc['before'])} | {_ci(acc['after'])} | {_ci(acc['change'])} "
-            f"| {rjs} |"
+            f"| {name} | {c['seeds']} | {c.get('evaluator', '')} | {_ci(acc['before'])} "
+            f"| {_ci(acc['after'])} | {_ci(acc['change'])} | {rjs} |"
         )
+    labelled = {n: c for n, c in res["cells"].items() if "labelled" in c}
+    if labelled:
+        lines += ["", "By independent blind labels of the same answers (correct only if the answer "
+                  "commits to a final answer equivalent to the reference):", "",
+                  "| cell | seeds | before | after | change (paired) | change per seed |",
+                  "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        for name, c in labelled.items():
+            la = c["labelled"]
+            per = "; ".join(_ci(d) for d in c["labelled_per_seed"])
+            lines.append(
+                f"| {name} | {c['seeds']} | {_ci(la['before'])} | {_ci(la['after'])} "
+                f"| {_ci(la['change'])} | {per} |"
+            )
     lines += ["", "Per field (after, change):", "", "| cell | field | after | change |",
               "|---|---|---:|---:|"]  # fmt: skip
     for name, c in res["cells"].items():
@@ -212,8 +317,14 @@ def main(argv: list[str]) -> None:
     if exp is None:
         raise app.UsageError("--config is required, e.g. --config configs/table1.py:smoke")
     sweep = Path(train._WORKDIR.value or exp.sweep_dir).expanduser()
+    only = [c for c in _CELLS.value.split(",") if c] if _CELLS.value else None
+    if _ANSWERS.value:
+        rows = answer_sheet(exp, sweep)
+        atomic.write_text(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
+        return
     try:
-        out = run_sweep(exp, sweep)
+        out = run_sweep(exp, sweep, only=only, labels=_LABELS.value)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

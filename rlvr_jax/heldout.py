@@ -108,7 +108,8 @@ class HeldOutEval:
         rw = ev if self.rewards is self.evals else self._score(self.rewards, exs, comps)
         correct = np.asarray(ev[self.acc_key], np.float64)
         rows = [
-            {"id": ex.id, "subject": ex.subject, "field": ex.field, "correct": float(correct[i]),
+            {"id": ex.id, "subject": ex.subject, "field": ex.field, "question": ex.question,
+             "reference": ex.reference, "correct": float(correct[i]),
              "response": responses[i], "stopped": bool(comps[i].stopped),
              "tokens": len(comps[i].ids)}
             for i, ex in enumerate(exs)

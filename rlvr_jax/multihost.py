@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -52,6 +53,44 @@ def to_host(x: Any) -> np.ndarray:
 def tree_to_host(tree: Any) -> Any:
     """`to_host` on every leaf of a pytree (same structure, numpy leaves)."""
     return jax.tree.map(to_host, tree)
+
+
+T = TypeVar("T")
+_ON_MAIN_CALLS: dict[str, int] = {}
+
+
+def _client() -> Any:
+    # The coordination service's key-value store; jax exposes it only through its private state
+    # (orbax reads it the same way).
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def on_main(name: str, fn: Callable[[], T], timeout_s: float = 24 * 3600) -> T | None:
+    """Run `fn` on process 0 alone while the other processes wait for it to end; returns its
+    value on process 0 and None on the others (on one process: `fn()`).
+
+    The others wait on the coordination service's key-value store, not at a collective: gloo
+    gives up on a collective after 30 s, and `fn` may take an hour (a judge distillation). When
+    `fn` fails on process 0, the others raise a RuntimeError naming its error.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    n = _ON_MAIN_CALLS[name] = _ON_MAIN_CALLS.get(name, 0) + 1
+    key = f"rlvr_jax/on_main/{name}/{n}"
+    if is_main():
+        try:
+            out = fn()
+        except BaseException as e:
+            _client().key_value_set(key, f"failed: {type(e).__name__}: {e}")
+            raise
+        _client().key_value_set(key, "done")
+        return out
+    status = _client().blocking_key_value_get(key, int(timeout_s * 1000))
+    if status != "done":
+        raise RuntimeError(f"process 0 {status} (in {name})")
+    return None
 
 
 def barrier(name: str) -> None:

@@ -1,5 +1,6 @@
-"""`python -m rlvr_jax.onpolicy --judge MODEL_DIR [--split heldout] [--out report.json]`: judges
-and rules on the policy's own labelled answers (rlvr_jax/judge/onpolicy.py has the details)."""
+"""`python -m rlvr_jax.onpolicy --judge MODEL_DIR [--policy default] [--split heldout] [--out F]`:
+judges, rules and likelihood rewards on the policy's own labelled answers (the details are in
+rlvr_jax/judge/onpolicy.py)."""
 
 import sys
 

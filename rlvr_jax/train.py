@@ -26,6 +26,7 @@ from rlvr_jax import mesh as mesh_lib
 from rlvr_jax import multihost as mh
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.hooks import HookContext, Hooks
+from rlvr_jax.judge import specs
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
 from rlvr_jax.models.config import ConfigError
 from rlvr_jax.rl_step import rl_step
@@ -206,7 +207,7 @@ def finish(run: Run, state: update.TrainState) -> None:
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
     if mh.is_main():
-        judge = str(run.cfg.judge.eval_model) or str(run.cfg.judge.model) or "rule"
+        judge = str(run.cfg.judge.eval_model) or specs.judge_spec(run.cfg) or "rule"
         summary = heldout.summarize(run.workdir, judge)
         if summary is not None:
             print(f"rlvr_jax: {summary['line']}", flush=True)

@@ -8,7 +8,9 @@ Runs, in one process start (JAX import and compiles are most of a CPU test's tim
 2. an RL run of the tiny model in MODEL_DIR judged by its initial self (judge.model "policy",
    soft reward), with held-out evaluation and the HF export -> OUT/judged;
 3. tools/sample.py and tools/score.py on MODEL_DIR -> OUT/samples.jsonl, OUT/scores.jsonl;
-4. rlvr_jax.evaluate of MODEL_DIR judged by itself -> OUT/eval/results.json (and its siblings).
+4. rlvr_jax.evaluate of MODEL_DIR judged by itself -> OUT/eval/results.json (and its siblings);
+5. a tiny judge distillation of MODEL_DIR (`distill.run_in_job`) -> OUT/distill, and what each
+   process got back -> OUT/distill_seen_p<i>.json.
 """
 
 from __future__ import annotations
@@ -69,6 +71,26 @@ def judged_config(model_dir: str, data_file: str):
     return c
 
 
+def distill_config(model_dir: str, root: Path):
+    from configs import judge_econ
+
+    c = judge_econ.get_config()
+    c.judge.model = model_dir
+    c.data.train = (str(root / "distill_train.jsonl"),)
+    c.data.test = (str(root / "distill_test.jsonl"),)
+    c.optim.train_layers = 1
+    c.optim.lr = 3e-3
+    c.distill.epochs = 2
+    c.distill.batch_tokens = 256
+    c.distill.merge_tokens = 10**9
+    c.distill.eval_probes_per_question = 2
+    c.distill.val_source, c.distill.val_questions = str(root / "distill_train.jsonl"), 2
+    c.distill.teachers = ("data",)
+    c.train.ckpt_every = 2
+    c.train.tensorboard = False
+    return c
+
+
 def main(out: Path, model_dir: str, data_file: str) -> None:
     from configs import tiny
     from rlvr_jax import evaluate, multihost, train
@@ -91,6 +113,12 @@ def main(out: Path, model_dir: str, data_file: str) -> None:
     ecfg = judged_config(model_dir, data_file)
     evaluate.evaluate(ecfg, model=model_dir, judge=model_dir, out=out / "eval" / "results.json",
                       batch_size=4, probe_kinds=["colon", "empty"], quiet=True)  # fmt: skip
+    from rlvr_jax.judge.distill import run_in_job
+
+    res = run_in_job(distill_config(model_dir, out.parent), out / "distill")
+    got = {"steps": res["steps"], "kappa": res["distilled"]["kappa"]}
+    proc = __import__("jax").process_index()
+    (out / f"distill_seen_p{proc}.json").write_text(json.dumps(got))
     if multihost.is_main():
         (out / "done.json").write_text(json.dumps({"processes": __import__("jax").process_count()}))
 

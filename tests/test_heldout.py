@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import judge_eval, table1, tiny
-from rlvr_jax import experiment, heldout, stats, train
+from rlvr_jax import data, experiment, heldout, stats, train
 from rlvr_jax import run as rl_run
 from rlvr_jax.hooks import HookContext, Hooks
 from rlvr_jax.judge import distill
@@ -164,6 +164,31 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     assert cell["accuracy"]["all"]["after"]["mean"] == pytest.approx(recs[-1]["eval/accuracy"])
     assert "rloo_rule_binary" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+    # Independent labels of the answers: a cell gets "labelled" figures only when every one of
+    # its before and after answers is labelled; they follow the labels, not the evaluator.
+    wd = tmp_path / "rloo_rule_binary" / "seed0"
+    steps = heldout.eval_steps(wd)
+    rows = {s: heldout.read_rows(wd, s) for s in (steps[0], steps[-1])}
+    labels = [{"id": r["id"], "response": r["response"], "label": int(i == 0)}
+              for s in rows for i, r in enumerate(rows[s])]  # fmt: skip
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labels[1:]))
+    assert "labelled" not in experiment.collect(exp, tmp_path, labels=experiment.read_labels(path))[
+        "cells"]["rloo_rule_binary"]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    got = experiment.collect(exp, tmp_path, labels=experiment.read_labels(path))
+    lab = got["cells"]["rloo_rule_binary"]["labelled"]
+    n = len(rows[steps[0]])
+    assert lab["before"]["mean"] == pytest.approx(1 / n) and lab["after"]["mean"] == pytest.approx(
+        1 / n)  # fmt: skip
+    assert "blind labels" in experiment.markdown(got)
+    sheet = experiment.answer_sheet(exp, tmp_path)
+    keys = {(r["id"], r["response"]) for r in labels}
+    assert {(r["id"], r["response"]) for r in sheet} == keys and len(sheet) == len(keys)
+    assert all(r["reference"] and r["question"] for r in sheet)
+    path.write_text('{"id": "q"}\n')
+    with pytest.raises(data.DataError, match="labels.jsonl:1"):
+        experiment.read_labels(path)
 
 
 def test_judge_comparison_report():

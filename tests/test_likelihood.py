@@ -222,6 +222,33 @@ def test_score_tool_policy_columns(tiny, tmp_path):
     assert score.main(["--input", str(inp), "--out", str(out)]) == 2
 
 
+def test_onpolicy_report_policy_columns(tiny, tmp_path, capsys):
+    """python -m rlvr_jax.onpolicy --policy: the likelihood rewards' AUC against the labels, from
+    the same scores as tools/score.py, beside the rules."""
+    from rlvr_jax import onpolicy
+    from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT
+    from rlvr_jax.models.model_dir import save_model
+
+    hf, m = tiny
+    save_model(tmp_path / "policy", m.cfg, m.state, m.tokenizer)
+    rows = [{"id": f"q{i}", "question": q, "response": r, "reference": a, "subject": "economics",
+             "correct": i % 2, "cut": False, "split": "heldout"}
+            for i, (q, r, a, *_) in enumerate(ROWS)]  # fmt: skip
+    inp, out = tmp_path / "labelled.jsonl", tmp_path / "table.json"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--input", str(inp), "--policy", str(tmp_path / "policy"), "--out", str(out)]
+    assert onpolicy.main(args) == 0
+    table = json.loads(out.read_text())
+    lik = [_by_hand(hf, m.tokenizer, q, reasoning, ref, DEFAULT_SYSTEM_PROMPT)[0]
+           for q, _, ref, reasoning, _ in ROWS]  # fmt: skip
+    from sklearn.metrics import roc_auc_score
+
+    want = roc_auc_score([r["correct"] for r in rows], lik)
+    assert table["likelihood"]["auc"] == pytest.approx(want, abs=1e-9)
+    assert {"rule_binary", "rule_jaccard", "rlpr"} <= set(table)
+    assert "| likelihood |" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ offline quality table
 
 

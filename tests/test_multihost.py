@@ -96,6 +96,11 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     qa = [{"question": f"What is {i}?", "reference": str(i), "response": f"It is {i * (i % 2)}"}
           for i in range(6)]  # fmt: skip
     (root / "to_score.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa))
+    for split, n in (("train", 6), ("test", 2)):  # judge rows for a tiny distillation
+        jr = [{"id": f"d-{split}-{i}", "query": [{"role": "user", "content": f"Q{i}: item {i}?"}],
+               "label": f"zeta{i}", "subject": "economics", "rephrasings": [f"the zeta {i}"],
+               "distractors": [f"omega{i}a", f"omega{i}b"]} for i in range(n)]  # fmt: skip
+        (root / f"distill_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in jr))
     return {"root": root, "model": model, "data": root / "data.jsonl"}
 
 
@@ -158,6 +163,14 @@ def test_two_processes_equal_one(jobs):
     _assert_close(ra, rb, "results")
     for name in ("results.generations.jsonl", "results.probes.jsonl"):
         _assert_close(_jsonl(one / "eval" / name), _jsonl(two / "eval" / name), name)
+    # Distillation: process 0 alone trains (on one device, as on one process); both processes
+    # returned its results; the run and the judge are written once.
+    a, b = (_strip_times(read_metrics(d / "distill" / "metrics.jsonl")) for d in (one, two))
+    assert len(a) >= 2 and [r["step"] for r in a] == [r["step"] for r in b]
+    _assert_close(a, b, "distill")
+    seen = [json.loads((two / f"distill_seen_p{i}.json").read_text()) for i in (0, 1)]
+    assert seen[0] == seen[1] and seen[0]["steps"] >= 2, seen
+    assert (two / "distill" / "judge" / "config.json").is_file()
 
 
 def _children(pid: int) -> list[int]:
@@ -200,6 +213,10 @@ import numpy as np, jax
 from rlvr_jax import multihost, mesh
 multihost.join()
 x = jax.device_put(np.ones(8), mesh.batch_sharding(mesh.make_mesh(), (8,)))
+# gloo sets up its communicators on the first collectives; a peer lost while they are set up is
+# noticed only when gloo's 30 s rendezvous times out. The test is about a peer lost mid-run.
+for _ in range(3):
+    multihost.to_host(x)
 print("ready", flush=True)
 while True:
     multihost.to_host(x)
@@ -238,8 +255,9 @@ def test_one_process_killed_the_other_exits_on_its_own(tmp_path):
             p.kill()
     assert procs[0].returncode == 1, log[-2000:]
     assert "error: process 0 of 2 stopped on" in log.splitlines()[-1], log[-2000:]
-    # gloo gives up on a dead peer after its 30 s timeout; far below JAX's 100 s heartbeat.
-    assert took < 60, took
+    # Once gloo's connections are up, a dead peer's closed socket fails the next collective at
+    # once; the bound leaves room for a loaded machine, far below JAX's 100 s heartbeat.
+    assert took < 20, took
     print(f"survivor exited {took:.1f} s after its peer was killed: {log.splitlines()[-1]}")
 
 

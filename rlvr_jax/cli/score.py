@@ -202,15 +202,13 @@ def judge_columns(args, mesh, fields, rows) -> dict[str, list]:
 
 
 def likelihood_columns(args, mesh, fields) -> dict[str, list]:
-    """`likelihood` and `rlpr` for every row, under the --policy model (rows of one question and
-    reference are scored next to each other, so that they share their prompt's prefill)."""
+    """`likelihood` and `rlpr` for every row, under the --policy model."""
     import jax
-    from tqdm import tqdm
 
     from rlvr_jax.builders import load_sharded
     from rlvr_jax.checkpoint import CheckpointError
     from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT
-    from rlvr_jax.judge.likelihood import LikelihoodScorer
+    from rlvr_jax.judge.likelihood import LikelihoodScorer, score_questions
     from rlvr_jax.models.config import ConfigError
     from rlvr_jax.models.default import DefaultModelError, resolve_model_dir
 
@@ -219,29 +217,10 @@ def likelihood_columns(args, mesh, fields) -> dict[str, list]:
     except (ConfigError, CheckpointError, DefaultModelError, OSError) as e:
         raise RowError(f"--policy: {e}") from None
     scorer = LikelihoodScorer(m.graphdef, m.tokenizer, args.batch_size, mesh)
-    order = sorted(range(len(fields)), key=lambda i: (fields[i][0], fields[i][2]))
-    ids: dict[str, list[int]] = {}
-    for q, _, _ in fields:
-        if q not in ids:
-            msgs = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
-                    {"role": "user", "content": q}]  # fmt: skip
-            ids[q] = scorer.prompt_ids(msgs)
-    with (
-        jax.set_mesh(mesh),
-        tqdm(total=len(order), desc="likelihood", unit="row", file=sys.stderr) as bar,
-    ):
-        got = scorer.score(
-            m.state,
-            [ids[fields[i][0]] for i in order],
-            [fields[i][1] for i in order],
-            [fields[i][2] for i in order],
-            progress=bar.update,
-        )
-    out = {"likelihood": [0.0] * len(fields), "rlpr": [0.0] * len(fields)}
-    for j, i in enumerate(order):
-        out["likelihood"][i] = float(got["likelihood"][j])
-        out["rlpr"][i] = float(got["rlpr"][j])
-    return out
+    q, resp, ref = (list(x) for x in zip(*fields, strict=True))
+    with jax.set_mesh(mesh):
+        got = score_questions(scorer, m.state, q, resp, ref, DEFAULT_SYSTEM_PROMPT)
+    return {k: [float(x) for x in v] for k, v in got.items()}
 
 
 if __name__ == "__main__":

@@ -326,3 +326,41 @@ def std_filter(rewards: np.ndarray, group_size: int, threshold: float) -> np.nda
     r = np.asarray(rewards, np.float64).reshape(-1, group_size)
     keep = ~(r.std(axis=1) < threshold) if threshold > 0 else np.ones(len(r), bool)
     return np.repeat(keep, group_size)
+
+
+def score_questions(
+    scorer: LikelihoodScorer,
+    state: nnx.State,
+    questions: Sequence[str],
+    responses: Sequence[str],
+    references: Sequence[str],
+    system_prompt: str,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """`likelihood` and `rlpr` [N] of free-standing rows (a question asked with `system_prompt`,
+    a response, its reference), in input order. Rows of one question and reference are scored
+    next to each other, so that they share their prompt's prefill."""
+    import sys
+
+    from tqdm import tqdm
+
+    n = len(questions)
+    order = sorted(range(n), key=lambda i: (questions[i], references[i]))
+    ids: dict[str, list[int]] = {}
+    for q in questions:
+        if q not in ids:
+            msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            ids[q] = scorer.prompt_ids([*msgs, {"role": "user", "content": q}])
+    with tqdm(total=n, desc="likelihood", unit="row", file=sys.stderr, disable=not progress) as bar:
+        got = scorer.score(
+            state,
+            [ids[questions[i]] for i in order],
+            [responses[i] for i in order],
+            [references[i] for i in order],
+            progress=bar.update,
+        )
+    out = {k: np.zeros(n, np.float64) for k in ("likelihood", "rlpr")}
+    for j, i in enumerate(order):
+        for k in out:
+            out[k][i] = float(got[k][j])
+    return out

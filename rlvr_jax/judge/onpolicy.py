@@ -8,10 +8,11 @@ labels by the paper's rule (data/README.md, "onpolicy"), split by question into 
 distillation may use them) and "heldout" (only measured on). Every judge report gives its figures
 on the held-out answers beside the rule rewards':
 
-    python -m rlvr_jax.onpolicy --judge MODEL_DIR [--split heldout] [--out report.json]
+    python -m rlvr_jax.onpolicy --judge MODEL_DIR [--policy default] [--split heldout] [--out F]
 
 prints ROC AUC (of the soft score), YES precision and recall, and Cohen's kappa with the labels,
-for the judge, the rule rewards and the share of answers that commit to nothing.
+for the judge, the rule rewards, the likelihood rewards of `--policy` (AUC only: they give no
+verdict) and the share of answers that commit to nothing.
 """
 
 from __future__ import annotations
@@ -163,10 +164,36 @@ def judge_columns(
     return {name: {"soft": res.soft, "binary": res.binary.astype(int)}}
 
 
+def likelihood_columns(
+    policy: str, rows: Sequence[Mapping], batch_size: int = 8
+) -> dict[str, dict[str, np.ndarray]]:
+    """The likelihood rewards (judge/likelihood.py) of `policy` (a model directory or
+    "default") on the rows, asked as the training runs ask (the paper's system prompt), as
+    quality_table columns (soft scores only: they give no verdict)."""
+    import jax
+
+    from rlvr_jax import mesh as mesh_lib
+    from rlvr_jax.builders import load_sharded
+    from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT
+    from rlvr_jax.judge.likelihood import LikelihoodScorer, score_questions
+    from rlvr_jax.models.default import resolve_model_dir
+
+    mesh = mesh_lib.make_mesh()
+    m = load_sharded(resolve_model_dir(policy), mesh)
+    scorer = LikelihoodScorer(m.graphdef, m.tokenizer, batch_size, mesh)
+    cols = [[str(r[k]) for r in rows] for k in ("question", "response", "reference")]
+    with jax.set_mesh(mesh):
+        got = score_questions(scorer, m.state, *cols, DEFAULT_SYSTEM_PROMPT)
+    return {name: {"soft": got[name]} for name in ("likelihood", "rlpr")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--judge", action="append", default=[], help="judge model directory (repeat)")
     p.add_argument("--view", default="auto", help="auto | committed | last_line")
+    p.add_argument(
+        "--policy", default=None, help="also the likelihood rewards of this policy (or default)"
+    )
     p.add_argument("--input", default=None, help=f"labelled answers (default {DEFAULT_FILE})")
     p.add_argument("--split", default="heldout", help="heldout | train | all")
     p.add_argument("--out", default=None, help="write the table as JSON here")
@@ -182,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     no_answer = np.array([not answer_view(r["response"], r["cut"]).committed for r in rows])
     for i, j in enumerate(args.judge):
         cols |= judge_columns(j, rows, args.view, Path(j).name or f"judge{i}")
+    if args.policy:
+        cols |= likelihood_columns(args.policy, rows)
     table = quality_table(rows, cols)
     table["no_answer_rate"] = float(no_answer.mean()) if len(rows) else math.nan
     print(

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_JUDGE = "judge-econ-v7"  # bump when the recipe changes: a new name, never a stale judge
 CONFIG = "configs/judge_econ.py"
@@ -104,6 +105,16 @@ def _ensure(spec: str, quiet: bool) -> Path:
             f"the {spec} judge is not in {target}, and {NO_DISTILL_ENV} forbids distilling it here "
             "(about half an hour): name a judge directory instead"
         )
+    from rlvr_jax import multihost
+
+    # In a multi-process job (a train run on a cluster) process 0 distils, the others wait.
+    multihost.on_main(f"distill {spec}", lambda: _distill_into(spec, target, config, quiet))
+    return target
+
+
+def _distill_into(spec: str, target: Path, config: str, quiet: bool) -> None:
+    from rlvr_jax import checkpoint
+
     work = target.with_name(target.name + ".work")
     if not quiet:
         print(
@@ -113,7 +124,8 @@ def _ensure(spec: str, quiet: bool) -> Path:
         )
     from rlvr_jax.judge.distill.run import distill
 
-    results = distill(_load_config(config), work)
+    with checkpoint.this_process_only():
+        results = distill(_load_config(config), work)
     try:
         (work / "judge").rename(target)
     except OSError:
@@ -123,4 +135,20 @@ def _ensure(spec: str, quiet: bool) -> Path:
     shutil.rmtree(work / "activations", ignore_errors=True)  # hundreds of MB, read only by SFT
     if not quiet:
         print(f"rlvr_jax: {spec} judge ready in {target}", file=sys.stderr)
-    return target
+
+
+def run_in_job(cfg: Any, workdir: str | Path | None = None) -> dict:
+    """`run.distill(cfg, workdir)`, also inside a multi-process job: there process 0 distils on
+    its own first device (distillation trains on one device) while the others wait, then every
+    process returns the results of the finished run."""
+    from rlvr_jax import checkpoint, multihost
+    from rlvr_jax.judge.distill.run import distill, resolve_workdir
+
+    def solo() -> dict:
+        with checkpoint.this_process_only():
+            return distill(cfg, workdir)
+
+    out = multihost.on_main(f"distill {resolve_workdir(cfg, workdir)}", solo)
+    if out is None:
+        out = json.loads((resolve_workdir(cfg, workdir) / "results.json").read_text())
+    return out

@@ -110,6 +110,11 @@ def _restore_ckpt(ckpts: checkpoint.StepCheckpoints, st: sft.SFTState, step: int
     return jax.tree.unflatten(treedef, ckpts.restore(step, abstract)["leaves"])
 
 
+def resolve_workdir(cfg: Any, workdir: str | Path | None = None) -> Path:
+    """The run's directory: `workdir`, else the config's, else runs/<name>."""
+    return Path(workdir or cfg.workdir or f"runs/{cfg.name}")
+
+
 def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None = None) -> dict:
     """Run (or resume) the distillation of `cfg` in `workdir`; returns results.json's content.
 
@@ -119,7 +124,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     from tqdm import tqdm
 
     meter, phases = CpuMeter(), {}
-    workdir = Path(workdir or cfg.workdir or f"runs/{cfg.name}")
+    workdir = resolve_workdir(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     if (workdir / "results.json").is_file() and (workdir / "judge").is_dir():
