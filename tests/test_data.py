@@ -269,3 +269,15 @@ def test_answer_rows_labels_and_forms():
         last = [ln for ln in r["response"].splitlines() if ln.strip()][-1]
         assert "answer is" in last
     assert "wrong 0a" in by_kind["distractor"][0]["response"]
+
+
+def test_shipped_files_are_found_from_any_directory(tmp_path, monkeypatch):
+    """configs/ and data/ of the checkout are found from another working directory; a missing
+    one names both places it was looked for."""
+    from rlvr_jax import shipped
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped.find("data/onpolicy/answers.jsonl").is_file()
+    assert shipped.load_config("configs/judge_eval.py").name == "judge_eval"
+    with pytest.raises(shipped.ShippedFileError, match=f"nope.py: not found in {tmp_path}"):
+        shipped.find("configs/nope.py")

@@ -133,3 +133,15 @@ def _defines(init: Path, name: str) -> bool:
         if name in targets:
             return True
     return False
+
+
+def test_nothing_patches_sys_path():
+    """The package, its tools and benchmarks find each other through the installed package."""
+    root = PKG.parent
+    hits = [
+        f"{p.relative_to(root)}"
+        for d in ("rlvr_jax", "tools", "bench", "configs")
+        for p in sorted((root / d).rglob("*.py"))
+        if "sys.path.insert" in p.read_text() or "sys.path.append" in p.read_text()
+    ]
+    assert hits == []

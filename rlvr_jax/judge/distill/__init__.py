@@ -19,7 +19,6 @@ configs/judge_eval.py, which also trains on part of the test questions' labelled
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -57,20 +56,10 @@ def named_judge_dir(spec: str) -> Path:
 
 
 def _load_config(config: str = CONFIG):
-    """A judge config file's default config (the configs package sits at the checkout's root)."""
-    from rlvr_jax.shipped import CHECKOUT as REPO_ROOT
-    from rlvr_jax.shipped import find
+    """A judge config file's default config (rlvr_jax.shipped finds it and its configs package)."""
+    from rlvr_jax.shipped import load_config
 
-    path = find(config)
-    # The config imports the `configs` package, which is not installed with rlvr_jax.
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        spec = importlib.util.spec_from_file_location("_judge_econ_config", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    finally:
-        sys.path.remove(str(REPO_ROOT))
+    return load_config(config)
 
 
 def ensure_default_judge(quiet: bool = False) -> Path:
