@@ -34,6 +34,9 @@ _CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separat
 _LABELS = flags.DEFINE_string(
     "labels", None, "JSONL of independent labels of held-out answers: {id, response, label}."
 )
+_REPORT = flags.DEFINE_bool(
+    "report", False, "Write the results of the finished runs and run nothing."
+)
 _ANSWERS = flags.DEFINE_string(
     "answers",
     None,
@@ -75,7 +78,7 @@ def run_sweep(
     """Run every unfinished (cell, seed) of `exp` under `sweep`, then write the results.
 
     stop_after: return (without results) after this many runs of this call (emulates a kill).
-    only: run just these cells (the results still cover every finished cell).
+    only: run just these cells, none when empty (the results cover every finished cell).
     labels: a file of independent labels of held-out answers (see `read_labels`).
     Returns {"ran": [...], "skipped": [...], "failed": {...}, "results": ...}.
     """
@@ -88,26 +91,26 @@ def run_sweep(
     if unknown:
         raise data.DataError(f"--cells: {', '.join(unknown)}: not a cell of {exp.name}")
     ran, skipped, failed = [], [], {}
-    for cell in exp.cells:
-        if only and str(cell["name"]) not in only:
+    # Seed-major: a stopped sweep leaves whole rows of the table at its first seeds.
+    todo = [(cell, seed) for cell in exp.cells for seed in cell_seeds(exp, cell)
+            if only is None or str(cell["name"]) in only]  # fmt: skip
+    for cell, seed in sorted(todo, key=lambda cs: cs[1]):
+        wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
+        if (wd / heldout.SUMMARY).is_file():
+            skipped.append(tag)
             continue
-        for seed in cell_seeds(exp, cell):
-            wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
-            if (wd / heldout.SUMMARY).is_file():
-                skipped.append(tag)
-                continue
-            if stop_after is not None and len(ran) >= stop_after:
-                return {"ran": ran, "skipped": skipped, "failed": failed, "results": None}
-            print(f"rlvr_jax: experiment: running {tag} in {wd}", file=sys.stderr, flush=True)
-            try:
-                train.train(cell_config(exp, cell, seed), wd)
-            except Exception as e:  # a failed cell is reported; the other cells still run
-                failed[tag] = f"{type(e).__name__}: {e}"
-                wd.mkdir(parents=True, exist_ok=True)
-                (wd / "error.txt").write_text(traceback.format_exc())
-                print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
-                continue
-            ran.append(tag)
+        if stop_after is not None and len(ran) >= stop_after:
+            return {"ran": ran, "skipped": skipped, "failed": failed, "results": None}
+        print(f"rlvr_jax: experiment: running {tag} in {wd}", file=sys.stderr, flush=True)
+        try:
+            train.train(cell_config(exp, cell, seed), wd)
+        except Exception as e:  # a failed cell is reported; the other cells still run
+            failed[tag] = f"{type(e).__name__}: {e}"
+            wd.mkdir(parents=True, exist_ok=True)
+            (wd / "error.txt").write_text(traceback.format_exc())
+            print(f"rlvr_jax: experiment: {tag} failed: {failed[tag]}", file=sys.stderr)
+            continue
+        ran.append(tag)
     res = collect(exp, sweep, failed, read_labels(labels) if labels else None)
     write_results(sweep, res)
     plot(exp, sweep, sweep / "accuracy.png")
@@ -317,12 +320,20 @@ def main(argv: list[str]) -> None:
     if exp is None:
         raise app.UsageError("--config is required, e.g. --config configs/table1.py:smoke")
     sweep = Path(train._WORKDIR.value or exp.sweep_dir).expanduser()
+    # The cells compile the same programs (a minute or two each on a CPU): JAX's persistent
+    # cache lets every run after the first load them.
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(sweep / ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     only = [c for c in _CELLS.value.split(",") if c] if _CELLS.value else None
     if _ANSWERS.value:
         rows = answer_sheet(exp, sweep)
         atomic.write_text(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
         print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
         return
+    if _REPORT.value:
+        only = []
     try:
         out = run_sweep(exp, sweep, only=only, labels=_LABELS.value)
     except data.DataError as e:

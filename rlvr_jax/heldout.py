@@ -43,7 +43,9 @@ def eval_rewards(cfg: Any, mesh: jax.sharding.Mesh, policy: Any, rewards: Reward
     """The evaluation judge's RewardRunner: the reward runner itself when judge.eval_model is ""
     or names the reward judge, else a runner over the evaluation judge (its own prompt settings)."""
     spec = str(cfg.judge.eval_model)
-    if not spec or spec == str(cfg.judge.model):
+    # Compared with the judge the run built: a likelihood-reward run builds none, so its
+    # evaluation judge is built here even when it is the config's judge.model.
+    if not spec or spec == builders.judge_spec(cfg):
         return rewards
     c = cfg.copy_and_resolve_references()
     c.judge.model, c.judge.template, c.judge.reward = spec, "auto", "binary"

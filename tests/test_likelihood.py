@@ -169,6 +169,26 @@ def test_likelihood_rewards_build_no_judge(monkeypatch):
     assert specs.judge_spec(cfg) == "distilled"
 
 
+def test_likelihood_run_builds_its_evaluation_judge_even_when_it_is_judge_model(monkeypatch):
+    """A likelihood run builds no judge; an evaluation judge named like the config's judge.model
+    is still built for the held-out evaluation, not replaced by the judge-less reward runner."""
+    from configs import econ
+    from rlvr_jax import heldout
+
+    built = []
+    monkeypatch.setattr(
+        heldout.RewardRunner, "from_config", staticmethod(lambda c, m, p: built.append(c) or "ev")
+    )
+    cfg = econ.get_config("smoke")
+    cfg.judge.eval_model = "distilled"  # the config's judge.model too
+    rewards = object()
+    cfg.judge.reward = "soft"  # the reward judge is built: it evaluates
+    assert heldout.eval_rewards(cfg, None, None, rewards) is rewards and not built
+    cfg.judge.reward = "likelihood"
+    assert heldout.eval_rewards(cfg, None, None, rewards) == "ev"
+    assert built[0].judge.model == "distilled" and built[0].judge.reward == "binary"
+
+
 def test_resume_equals_uninterrupted_with_likelihood_reward(tmp_path):
     """A run stopped after step 3 (last checkpoint: step 2) resumes to the same metrics."""
     from configs import tiny as tiny_cfg
