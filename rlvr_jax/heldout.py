@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from rlvr_jax import atomic, builders, stats
 from rlvr_jax.eval_rows import generate_responses, score_rows
-from rlvr_jax.judge import agreement
+from rlvr_jax.judge import agreement, specs
 from rlvr_jax.judge.runner import RewardRunner
 
 EVAL_DIR = "eval"
@@ -45,7 +45,7 @@ def eval_rewards(cfg: Any, mesh: jax.sharding.Mesh, policy: Any, rewards: Reward
     spec = str(cfg.judge.eval_model)
     # Compared with the judge the run built: a likelihood-reward run builds none, so its
     # evaluation judge is built here even when it is the config's judge.model.
-    if not spec or spec == builders.judge_spec(cfg):
+    if not spec or spec == specs.judge_spec(cfg):
         return rewards
     c = cfg.copy_and_resolve_references()
     c.judge.model, c.judge.template, c.judge.reward = spec, "auto", "binary"

@@ -62,7 +62,7 @@ def resolve_model_dir(spec: str) -> Path:
     """A model spec -> its directory: "default" (the embedded model, materialised once) or a path.
 
     A named judge ("distilled", "evaluation") is an error here: it is resolved where judge specs
-    are read (`rlvr_jax.builders.model_dir`), the only place allowed to start its distillation.
+    are read (`rlvr_jax.judge.specs.judge_model_dir`), the only place that may distil one.
     """
     if spec in NAMED_JUDGES:
         raise DefaultModelError(
