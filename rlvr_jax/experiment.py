@@ -258,6 +258,8 @@ def markdown(res: dict) -> str:
                   "commits to a final answer equivalent to the reference):", "",
                   "| cell | seeds | before | after | change (paired) | change per seed |",
                   "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+        first = next(iter(labelled.values()))["labelled"]["before"]
+        lines.append(f"| base policy | | {_ci(first)} | | | |")
         for name, c in labelled.items():
             la = c["labelled"]
             per = "; ".join(_ci(d) for d in c["labelled_per_seed"])
