@@ -7,14 +7,12 @@ other processes used, from /proc/stat, as a share of the machine.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 
-from rlvr_jax.cpu_meter import CpuMeter
-
-CONTENDED = 0.10  # a run is flagged when other processes used > 10% of the machine
+# CONTENDED and robust_median are the benchmarks' too: imported from here.
+from rlvr_jax.cpu_meter import CONTENDED, CpuMeter, robust_median  # noqa: F401
 
 
 def wait_for_quiet(max_wait_s: float = 60.0, share: float = CONTENDED) -> float:
@@ -25,14 +23,6 @@ def wait_for_quiet(max_wait_s: float = 60.0, share: float = CONTENDED) -> float:
             time.sleep(2.0)
         if m.other_share < share or time.perf_counter() > deadline:
             return m.other_share
-
-
-def robust_median(walls: list[float], shares: list[float]) -> tuple[float, int]:
-    """Median of the uncontended runs when there are at least 2, else of all runs; also returns
-    how many runs were used."""
-    clean = [w for w, s in zip(walls, shares, strict=True) if s < CONTENDED]
-    use = clean if len(clean) >= 2 else walls
-    return statistics.median(use), len(use)
 
 
 def copy_bandwidth_gbs(mbytes: int = 256, repeats: int = 5) -> float:

@@ -51,8 +51,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 MODELS = {
     "tiny": dict(  # for a CPU check of this script only
         model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
@@ -241,14 +239,14 @@ def bench_judge(name, cfg, graphdef, state, rec) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from rlvr_jax import reward as W
+    from rlvr_jax.judge import scoring
 
     r, j = SHAPES[name]["judge"]
     ids = np.random.default_rng(2).integers(100, cfg.vocab_size - 100, (r, j)).astype(np.int32)
     mask = np.ones((r, j), bool)
     yes, no = jnp.asarray([10, 11], jnp.int32), jnp.asarray([12], jnp.int32)
     valid = jnp.ones((r,), bool)
-    run = lambda: W.judge_scores(
+    run = lambda: scoring.judge_scores(
         graphdef, state, ids, mask, yes, no, valid
     ).p_yes.block_until_ready()
     t = timed(run, runs=3)
@@ -261,7 +259,7 @@ def bench_train(name, cfg, graphdef, state, rec, peak) -> None:
     import numpy as np
     from ml_collections import ConfigDict
 
-    from rlvr_jax import update
+    from rlvr_jax import logprobs, update
 
     rows, t_len, micro = SHAPES[name]["train"]
     big_l = t_len // 2
@@ -270,7 +268,7 @@ def bench_train(name, cfg, graphdef, state, rec, peak) -> None:
     attn = jnp.ones((rows, t_len), bool)
     cmask = jnp.ones((rows, big_l), bool)
     adv = jnp.asarray(np.repeat(rng.standard_normal(rows)[:, None], big_l, 1).astype(np.float32))
-    logp_old = jax.jit(update.token_logprobs, static_argnums=(0, 4))(
+    logp_old = jax.jit(logprobs.token_logprobs, static_argnums=(0, 4))(
         graphdef, state, tokens, attn, big_l
     )
     batch = update.Batch(tokens, attn, cmask, adv, logp_old)

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from contention import CpuMeter, robust_median, wait_for_quiet  # noqa: E402
 
@@ -54,14 +52,15 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlvr_jax import reward as W
+    from rlvr_jax.judge import prompts as judge_prompts
+    from rlvr_jax.judge import scoring
     from rlvr_jax.models.default import default_gguf_path, default_model_dir
     from rlvr_jax.models.model_dir import load_model
 
     torch.set_num_threads(args.threads)
     m = load_model(default_model_dir())
-    cfg = W.JudgeConfig(batch_size=args.batch_size)
-    judge = W.Judge(m.graphdef, m.state, m.tokenizer, cfg)
+    cfg = judge_prompts.JudgeConfig(batch_size=args.batch_size)
+    judge = scoring.Judge(m.graphdef, m.state, m.tokenizer, cfg)
     prompts = judge.prompts(*zip(*judge_rows(args.rows), strict=True))
     lengths = [len(p.ids) for p in prompts]
     print(f"{len(prompts)} judge prompts, {min(lengths)}-{max(lengths)} tokens "

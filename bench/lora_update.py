@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rlvr_jax.cpu_meter import CpuMeter  # noqa: E402 (no jax import)
 
@@ -67,8 +63,7 @@ def build_update(cfg, state, batch, lora):
     from flax import nnx
 
     from rlvr_jax import memory, update
-    from rlvr_jax.models.lora import init_adapters
-    from rlvr_jax.models.transformer import abstract_model
+    from rlvr_jax.models.transformer import abstract_model, init_adapters
 
     if lora is not None:
         cfg = cfg.replace(lora=lora)
@@ -97,7 +92,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from rlvr_jax import memory, update
+    from rlvr_jax import logprobs, memory, update
     from rlvr_jax.models.config import LoraConfig
     from rlvr_jax.models.transformer import abstract_model
 
@@ -108,7 +103,7 @@ def main() -> None:
     attn = jnp.ones((n, t), bool)
     mask = jnp.ones((n, t // 2), bool)  # the last half: the completion
     adv = jnp.asarray(np.repeat(rng.standard_normal((n, 1)), t // 2, 1), jnp.float32)
-    logp = jax.jit(update.token_logprobs, static_argnums=(0, 4))(
+    logp = jax.jit(logprobs.token_logprobs, static_argnums=(0, 4))(
         abstract_model(cfg)[0], state, tokens, attn, t // 2
     )
     batch = update.Batch(tokens, attn, mask, adv, logp)

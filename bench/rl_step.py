@@ -57,16 +57,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from contention import CONTENDED, CpuMeter, robust_median, wait_for_quiet  # noqa: E402
+# A sibling module: the script's own folder is on sys.path when run as `python bench/rl_step.py`.
+from contention import CONTENDED, CpuMeter, robust_median, wait_for_quiet
 
 PHASES = ("rollout", "reward", "reference", "update", "other")
 
@@ -99,7 +95,7 @@ def judge_dir(args: argparse.Namespace) -> Path | None:
         return None
     if args.judge:
         return Path(args.judge)
-    from rlvr_jax import distill
+    from rlvr_jax.judge import distill
 
     path = distill.named_judge_dir("distilled")
     if not (path / "config.json").is_file():
@@ -109,9 +105,9 @@ def judge_dir(args: argparse.Namespace) -> Path | None:
 
 def jax_config(args: argparse.Namespace, judge: Path | None):
     """configs/econ.py with the shapes of the command line and TRL's algorithm (module doc)."""
-    from configs import econ
+    from rlvr_jax.shipped import load_config
 
-    c = econ.get_config()
+    c = load_config("configs/econ.py")
     c.rollout.prompts_per_step, c.rollout.samples_per_prompt = args.prompts, args.samples
     c.rollout.max_new_tokens, c.rollout.temperature = args.max_new_tokens, 1.0
     c.rollout.top_p, c.rollout.top_k = 1.0, 0
@@ -131,7 +127,7 @@ def jax_config(args: argparse.Namespace, judge: Path | None):
 def warm_judge(judge) -> None:
     """Compile the judge's shared-prefix program for every bucket a prompt within its budget can
     reach, by scoring one synthetic row per bucket."""
-    from rlvr_jax.reward import JudgePrompt
+    from rlvr_jax.judge.prompts import JudgePrompt
     from rlvr_jax.tokenizer import bucket_length
 
     prefix, cfg = judge.prefix_ids, judge.cfg
@@ -348,7 +344,7 @@ def check_prompts(tok, hf_tok, batch) -> None:
 
 def check_judge_prompts(judge, torch_judge, batch) -> None:
     """Print whether the TRL reward function's judge prompts tokenize to rlvr_jax's."""
-    from rlvr_jax.reward import build_judge_prompt
+    from rlvr_jax.judge.prompts import build_judge_prompt
 
     same = 0
     for ex in batch:

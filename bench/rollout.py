@@ -18,10 +18,6 @@ Last line: `speedup_vs_transformers: X.XX` (the lower of the greedy and temperat
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contention import CpuMeter, copy_bandwidth_gbs, robust_median, wait_for_quiet  # noqa: E402
 

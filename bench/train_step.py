@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 # XLA reads its flags once, at backend start: set them before jax is imported. These were chosen
 # by timing this benchmark on the 2-core CPU (see bench notes in the issue).
@@ -122,7 +121,7 @@ def jax_side(cfg, graphdef, state, tokens, adv, args):
     import ml_collections
     import numpy as np
 
-    from rlvr_jax import update
+    from rlvr_jax import logprobs, update
 
     if args.no_train_options:
         update.CPU_TRAIN_OPTIONS = {}
@@ -130,7 +129,7 @@ def jax_side(cfg, graphdef, state, tokens, adv, args):
     attn = jnp.ones((N_ROWS, SEQ), bool)
     mask = jnp.ones((N_ROWS, big_l), bool)
     chunk = args.logit_chunk or None
-    logp_old = jax.jit(update.token_logprobs, static_argnums=(0, 4, 5, 6))(
+    logp_old = jax.jit(logprobs.token_logprobs, static_argnums=(0, 4, 5, 6))(
         graphdef, state, jnp.asarray(tokens), attn, big_l, 1.0, chunk
     )
     batch = update.Batch(jnp.asarray(tokens), attn, mask, jnp.asarray(adv), logp_old)
@@ -214,7 +213,6 @@ def main() -> int:
     args = parse_args()
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from rlvr_jax import host_memory
 
     kept = False if args.system_malloc else host_memory.keep_freed_memory()

@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rlvr_jax import reward as W
-from rlvr_jax.rules import rule_binary
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge.rules import rule_binary
 
 
 def completion_text(completion: Any) -> str:
@@ -45,7 +45,7 @@ class TorchJudge:
 
     __name__ = "judge_soft"  # TRL names each reward function's metrics by __name__
 
-    def __init__(self, hf_dir: str, cfg: W.JudgeConfig, stop_ids: Sequence[int]):
+    def __init__(self, hf_dir: str, cfg: judge_prompts.JudgeConfig, stop_ids: Sequence[int]):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,7 +62,7 @@ class TorchJudge:
 
     def prompt_text(self, question: str, response: str, reference: str, cut: bool) -> str | None:
         """The judge prompt for one row, or None when the response commits to nothing."""
-        shown = W.response_view(response, self.cfg.view, cut)
+        shown = judge_prompts.response_view(response, self.cfg.view, cut)
         if not shown:
             return None
         user = self.cfg.prompt_format.format(question=question, response=shown, reference=reference)

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Reward. judge.reward picks the scalar fed to RL: soft (paper Eq. 4), soft_normalized,
     # binary (the judge's verdict), rule_binary, rule_jaccard, math (math-verify equivalence),
     # likelihood (mean log-prob of the reference after the response's reasoning) or rlpr (RLPR's
-    # debiased mean probability); see rlvr_jax/likelihood.py. The last two need no judge: with
+    # debiased mean probability); see rlvr_jax/judge/likelihood.py. The last two need no judge: with
     # them judge.model is ignored (never resolved, so "distilled" distils nothing).
     c.judge = ml_collections.ConfigDict()
     c.judge.model = (
@@ -40,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # else "paper" (the released judge's prompt); "short": for small judges; or a format string.
     c.judge.template = "auto"
     # What of a response the judge reads: "committed" (its answer statements, else its first and
-    # last complete sentences; nothing committed scores 0: rlvr_jax/answers.py), "last_line", or
-    # "auto" (the setting stored with the judge, else "committed").
+    # last complete sentences; nothing committed scores 0: rlvr_jax/judge/answers.py),
+    # "last_line", or "auto" (the setting stored with the judge, else "committed").
     c.judge.view = "auto"
     # The held-out evaluation's judge, independent of the reward's: "evaluation" (distilled with
     # another seed and recipe, built on first use), "" (the reward judge) or a model directory.
@@ -86,11 +86,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl.beta = 0.01  # KL coefficient (paper: 0.01, pi_ref = the initial policy)
     c.rl.kl_mode = "reward"  # "reward": per-token k1 added to the reward; "loss": k3 loss term
     c.rl.clip_eps = 0.2
+    c.rl.clip_eps_high = 0.0  # > 0: the upper clip bound's own epsilon (DAPO); 0: clip_eps
     c.rl.train_batch = 0  # rollout samples per optimizer step; 0: the whole rollout, one step
     c.rl.ppo_epochs = 1  # passes over the rollout's shuffled mini-batches
     # "auto": losses.AGGREGATION (token_mean for reinforce/rloo/reinforce_pp as OpenRLHF, seq_mean
     # for grpo as TRL's "grpo", seq_sum for dr_grpo as TRL's "dr_grpo"); or one of those three.
     c.rl.loss_agg = "auto"
+    c.rl.norm_len = 0  # seq_sum aggregation's length divisor (losses.aggregate); 0: L
     # Reward z-score for reinforce/rloo/reinforce_pp: "batch" (paper Eq. 5), "group" (per prompt:
     # GRPO's statistics) or "none". grpo and dr_grpo always use their own group statistics.
     c.rl.norm = "batch"
@@ -104,6 +106,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0
     c.optim.micro_batch = 8
+    # > 0: the train step projects to the vocabulary this many completion positions at a time,
+    # recomputed in the backward pass ([N, L, V] logits never held at once); 0: all at once.
+    c.optim.logit_chunk = 0
+    # True: each block's activations are recomputed in the backward pass instead of kept (less
+    # memory per micro-batch, about one more forward pass of time; the memory plan counts it).
+    c.optim.remat = False
     c.optim.train_layers = -1  # -1: all; k: only the top k blocks (+ final norm / head)
 
     # LoRA policy: train low-rank adapters on these products, every weight frozen (rank 0: off).

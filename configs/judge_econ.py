@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
     c = base.get_config()
     c.name = "judge_econ"
     c.judge.model = "default"  # the student (the starting model)
-    c.judge.template = "short"  # reward.py's short prompt: what configs/econ.py scores with
+    c.judge.template = "short"  # judge/prompts.py's short prompt: what configs/econ.py scores with
     c.judge.max_prompt_len = 512
     c.data.train = tuple(f"data/{d}/train.jsonl" for d in DOMAINS)
     c.data.test = ("data/economics/test.jsonl",)
@@ -41,24 +41,24 @@ def get_config(arg: str | None = None):
     # Per question: this many responses stating the reference and a distractor (NO).
     c.distill.conflicting = 1
     c.distill.questions_per_source = 0  # 0: every training question of each source
-    # Per question: other questions' references labelled NO (easy negatives). 0 since judge v5:
-    # the minimal pairs below take their place at about the same row count.
+    # Per question: other questions' references labelled NO (easy negatives). 0: the minimal
+    # pairs below are harder negatives at about the same row count.
     c.distill.other_answers = 0
     c.distill.yes_forms = 1  # each YES answer written in this many final-line forms
-    # ... and each distractor (the hard negatives). 2 was tried: the judge leaned to NO (held-out
-    # accuracy 0.793 before calibration, 0.829 after, against 0.843 / 0.836 with 1).
+    # ... and each distractor (the hard negatives). 1, not 2: with 2 the judge leans to NO
+    # (held-out accuracy 0.793 before calibration, 0.829 after, against 0.843 / 0.836 with 1).
     c.distill.distractor_forms = 1
     # Share of answers (YES and NO) rewritten in another surface form ("$25" -> "25 dollars"),
     # so that the judge compares values, not spellings: examples.surface_forms.
     c.distill.surface_rate = 0.5
     # Per question: up to this many rewrites of the reference that keep its value ("3/4" ->
     # "0.75"; YES) and minimal changes of it ("0.25" -> "-0.25", "increasing" -> "decreasing";
-    # NO): distill/minimal_pairs.py. 6 since judge v6: every near miss of each shipped reference
-    # (they have at most 6, and at most 2 rewrites); validation accuracy 0.912 against 0.907 with 2.
+    # NO): distill/minimal_pairs.py. 6: every near miss of each shipped reference (they have at
+    # most 6, and at most 2 rewrites); validation accuracy 0.912 against 0.907 with 2.
     c.distill.minimal_pairs = 6
     # Per question: up to this many rephrasings also used as the reference of their own prompt,
     # judging the original reference and other rephrasings (YES) and the distractors (NO).
-    # 1 was tried (62% more rows): validation accuracy 0.892 against 0.907 without.
+    # 0: with 1 (62% more rows) validation accuracy is 0.892 against 0.907 without.
     c.distill.swapped_references = 0
     c.distill.probes_per_question = 1  # master-key negatives per question
     c.distill.probe_kinds = ()  # () = every kind in probes.PROBES

@@ -5,7 +5,7 @@ Independent of the reward judge in two ways: another seed (other answer forms, b
 validation questions) and more data: half of the test questions' labelled answers train it too
 (an evaluation judge is given the reference, so it may know the references' wordings); the other
 half stay held out for its quality report. `python -m rlvr_jax.distill --config
-configs/judge_eval.py`, or built on first use by `rlvr_jax.distill.ensure_evaluation_judge`.
+configs/judge_eval.py`, or built on first use by `rlvr_jax.judge.distill.ensure_evaluation_judge`.
 Variant `:smoke` checks the pipeline in a minute or two.
 """
 

@@ -128,6 +128,26 @@ def save_step(folder: str | Path, step: int, tree: PyTree, keep: int) -> None:
         shutil.rmtree(d / str(old), ignore_errors=True)
 
 
+class StepCheckpoints:
+    """A run's step checkpoints, WORKDIR/checkpoints/<step>, as the RL loop and the judge
+    distillation both keep them: save after step s, resume from the newest complete one."""
+
+    def __init__(self, workdir: str | Path, keep: int):
+        self.folder, self.keep = Path(workdir) / "checkpoints", int(keep)
+
+    def latest(self) -> int | None:
+        """The newest complete step, or None."""
+        return latest_step(self.folder)
+
+    def save(self, step: int, tree: PyTree) -> None:
+        """`tree` as the checkpoint of step `step`, keeping the `keep` newest."""
+        save_step(self.folder, step, tree, self.keep)
+
+    def restore(self, step: int, abstract_tree: PyTree) -> PyTree:
+        """The checkpoint of step `step` in the structure of `abstract_tree` (`restore_pytree`)."""
+        return restore_pytree(self.folder / str(step), abstract_tree)
+
+
 def restore_pytree(path: str | Path, abstract_tree: PyTree) -> PyTree:
     """Read the checkpoint at `path` into the structure of `abstract_tree`.
 

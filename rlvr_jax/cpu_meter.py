@@ -9,6 +9,7 @@ before it sets XLA_FLAGS.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
 try:
@@ -66,3 +67,14 @@ class CpuMeter:
         r = self.read()
         self.wall, self.own, self.other_share = r["wall_s"], r["own_cpu_s"], r["others_cpu_share"]
         self.faults = r["page_faults"]
+
+
+CONTENDED = 0.10  # a timed run is flagged when other processes used > 10% of the machine
+
+
+def robust_median(walls: list[float], shares: list[float]) -> tuple[float, int]:
+    """Median of the uncontended runs when there are at least 2, else of all runs; also returns
+    how many runs were used."""
+    clean = [w for w, s in zip(walls, shares, strict=True) if s < CONTENDED]
+    use = clean if len(clean) >= 2 else walls
+    return statistics.median(use), len(use)

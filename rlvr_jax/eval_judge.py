@@ -1,102 +1,21 @@
-"""The evaluation judge's quality next to the reward judge's and the rule rewards', on labelled
-rows of questions that neither judge trained on.
+"""`python -m rlvr_jax.eval_judge [--eval_judge DIR] [--reward_judge DIR]`: the evaluation judge's
+quality next to the reward judge's and the rule rewards' (rlvr_jax/judge/distill/quality.py).
 
-`python -m rlvr_jax.eval_judge [--eval_judge DIR] [--reward_judge DIR]` (defaults: the named
-"evaluation" and "distilled" judges, built when missing) prints the report and writes it to
-quality.json in the evaluation judge's directory. Rows: distill.run.eval_rows of the questions
-configs/judge_eval.py holds out (answers labelled by the data, master-key probes labelled NO).
-Figures per scorer: distill.evaluation.quality (accuracy and ROC AUC on answers, master-key
-false-positive rate, ...); for the rules, AUC of their score on the same answer rows; and Cohen's
-kappa between the two judges' verdicts on every row.
+Defaults: the named "evaluation" and "distilled" judges, built when missing. Prints the report and
+writes it to quality.json in the evaluation judge's directory.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from rlvr_jax import agreement, reward
-from rlvr_jax.rules import rule_binary, rule_jaccard
-
-
-def _judge_scores(model_dir: Path, rows: list[dict]) -> dict[str, np.ndarray]:
-    from rlvr_jax.models.model_dir import load_model
-
-    m = load_model(model_dir, dtype="float32")
-    judge = reward.Judge(m.graphdef, m.state, m.tokenizer, reward.judge_config_for(model_dir))
-    res = judge.score(
-        [r["question"] for r in rows], [r["response"] for r in rows],
-        [r["reference"] for r in rows],
-    )  # fmt: skip
-    return {k: np.asarray(getattr(res, k)) for k in ("p_yes", "p_no", "binary", "soft")}
-
-
-def compare_scorers(rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) -> dict:
-    """Quality of each judge in `scores` ({name: p_yes, p_no, binary, soft [N]}) and of the rule
-    rewards on labelled `rows` [N], and Cohen's kappa between the first two judges."""
-    from rlvr_jax.distill import evaluation
-
-    out: dict[str, Any] = {"n_rows": len(rows)}
-    for name, s in scores.items():
-        out[name] = evaluation.quality(rows, s)
-    labels = np.array([r["label"] == "YES" for r in rows], int)
-    ans = np.array([r["kind"] in ("reference", "rephrasing", "distractor") for r in rows])
-    for name, fn in (("rule_binary", rule_binary), ("rule_jaccard", rule_jaccard)):
-        x = np.array([fn(r["response"], r["reference"]) for r in rows], float)
-        q = agreement.judge_quality(labels[ans], (x[ans] > 0.5).astype(int), x[ans])
-        out[name] = {"accuracy_answers": q["accuracy"], "auc_answers": q["auc"]}
-    names = list(scores)
-    if len(names) >= 2:
-        a, b = (np.asarray(scores[n]["binary"], int) for n in names[:2])
-        out["kappa_between_judges"] = agreement.cohen_kappa(a, b)
-    best_rule = max(out[k]["auc_answers"] for k in ("rule_binary", "rule_jaccard"))
-    out["auc_margin_over_best_rule"] = {
-        n: out[n]["auc_answers"] - best_rule for n in names
-    }  # the issue asks >= 0.05 for the evaluation judge
-    return out
-
-
-def quality_report(eval_dir: Path, reward_dir: Path, cfg: Any) -> dict:
-    """Score the held-out rows of `cfg` (a configs/judge_eval.py config) with both judges and the
-    rules; write eval_dir/quality.json; return the report."""
-    from rlvr_jax.distill.run import eval_rows, load_questions
-
-    _, _, held = load_questions(cfg)
-    rows = eval_rows(cfg, held)
-    scores = {
-        "evaluation_judge": _judge_scores(Path(eval_dir), rows),
-        "reward_judge": _judge_scores(Path(reward_dir), rows),
-    }
-    rep = compare_scorers(rows, scores)
-    rep.update(eval_judge_dir=str(eval_dir), reward_judge_dir=str(reward_dir), questions=len(held))
-    tmp = Path(eval_dir) / "quality.json.tmp"
-    tmp.write_text(json.dumps(rep, indent=2, default=float) + "\n")
-    tmp.replace(Path(eval_dir) / "quality.json")
-    return rep
-
-
-def summary_lines(rep: dict) -> list[str]:
-    """One line per scorer: accuracy and AUC on answers, master-key false-positive rate."""
-    out = []
-    for n in ("evaluation_judge", "reward_judge", "rule_binary", "rule_jaccard"):
-        q = rep[n]
-        line = f"{n}: accuracy {q['accuracy_answers']:.3f}, AUC {q['auc_answers']:.3f}"
-        if "master_key_fpr" in q:
-            line += f", master-key FPR {q['master_key_fpr']:.3f}"
-        out.append(line)
-    if "kappa_between_judges" in rep:
-        out.append(f"Cohen's kappa, evaluation vs reward judge: {rep['kappa_between_judges']:.3f}")
-    return out
+from rlvr_jax.judge import distill
+from rlvr_jax.judge.distill.quality import quality_report, summary_lines
 
 
 def main() -> None:
     import argparse
-
-    from rlvr_jax import distill
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval_judge", default=None)

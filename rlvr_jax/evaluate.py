@@ -27,13 +27,11 @@ Writes, next to OUT (each to a temporary file, then renamed; OUT itself last):
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,11 +39,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rlvr_jax import agreement, builders, checkpoint, data, multihost, probes, reward
+from rlvr_jax import atomic, builders, checkpoint, data, multihost
 from rlvr_jax import mesh as mesh_lib
+from rlvr_jax.eval_rows import (
+    QA,
+    generate_responses,
+    json_scalar,
+    judged_columns,
+    probe_report,
+    score_rows,
+)
+from rlvr_jax.judge import agreement, probes, runner, scoring
 from rlvr_jax.models.config import ConfigError
 from rlvr_jax.models.default import DefaultModelError
-from rlvr_jax.rollout import SamplingConfig, completions_from, generate
 
 # Specs that are not directories: resolved by builders (or handled by RewardRunner).
 _NAMED_MODELS = ("default", "distilled", "evaluation", "synthetic", "policy", "")
@@ -53,13 +59,6 @@ _NAMED_MODELS = ("default", "distilled", "evaluation", "synthetic", "policy", ""
 
 class EvalError(ValueError):
     """Bad evaluate input, with a one-line message."""
-
-
-class _QA(NamedTuple):
-    """What RewardRunner.score reads from a row."""
-
-    question: str
-    reference: str
 
 
 def out_paths(out: str | Path) -> dict[str, Path]:
@@ -74,19 +73,6 @@ def out_paths(out: str | Path) -> dict[str, Path]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file should not be
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_model_spec(spec: str, what: str) -> None:
     """Fail fast (before loading anything) on a model directory that does not exist."""
     if spec in _NAMED_MODELS:
@@ -98,150 +84,14 @@ def _check_model_spec(spec: str, what: str) -> None:
         raise EvalError(f"{what} {spec}: not a model directory (no config.json)")
 
 
-def generate_responses(
-    cfg: Any,
-    policy: Any,
-    examples: Sequence[data.Example],
-    sc: SamplingConfig,
-    batch_size: int,
-    mesh: jax.sharding.Mesh | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[list[Any], int]:
-    """One completion per example, in fixed-size batches (the last padded with copies).
-
-    Batch k samples with key fold_in(PRNGKey(cfg.seed), k) (unused when greedy). Returns
-    (`rollout.Completion` per example, number of prompts cut to fit the largest bucket).
-    """
-    tok, out, cut = policy.tokenizer, [], 0
-    batch_size = min(batch_size, len(examples))  # no padding rows beyond the questions
-    sharding = None
-    if mesh is not None and batch_size % mesh_lib.batch_size_multiple(mesh) == 0:
-        sharding = mesh_lib.batch_sharding(mesh, (batch_size, 1))
-    for k, s in enumerate(range(0, len(examples), batch_size)):
-        chunk = examples[s : s + batch_size]
-        ids, mask, c = builders.policy_prompts(cfg, tok, chunk, batch=batch_size)
-        key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), k)
-        ro = generate(policy.graphdef, policy.state, ids, mask, key, sc, 1, stop_ids=tok.stop_ids,
-                      pad_id=tok.pad_id, batch_sharding=sharding)  # fmt: skip
-        out.extend(completions_from(ro, tok, len(chunk)))
-        cut += c  # counts real prompts only (the batch's pad rows are not counted)
-        if progress is not None:
-            progress(len(chunk))
-    return out, cut
-
-
-def judge_votes(
-    p_yes: np.ndarray, empty: np.ndarray, greedy: np.ndarray, votes: int, key: jax.Array
-) -> tuple[np.ndarray, np.ndarray]:
-    """Judge votes [N, M] and their majority verdict [N] (see the module docstring).
-
-    p_yes [N]: P(YES) of the judge's first token; empty [N] bool; greedy [N]: greedy verdict (0/1).
-    """
-    if votes == 1:
-        v = np.asarray(greedy, int)[:, None]
-    else:
-        u = np.asarray(jax.random.uniform(key, (len(p_yes), votes)))
-        v = (u < np.asarray(p_yes)[:, None]).astype(int)
-    v = np.where(np.asarray(empty, bool)[:, None], 0, v)
-    return v, agreement.majority(v)
-
-
-def _score_rows(
-    rewards: builders.RewardRunner,
-    qa: Sequence[_QA],
-    responses: Sequence[str],
-    chunk: int,
-    bar: tqdm,
-    cut: Sequence[bool] | None = None,
-) -> dict[str, np.ndarray]:
-    """RewardRunner.score over rows in chunks of `chunk` (progress per chunk), in input order.
-
-    Rows are scored in order of the length of what the judge reads (question, response,
-    reference), so that each chunk pads to a small prompt bucket; scores are per row, so the
-    order does not change them.
-    """
-    cuts = [None] * len(responses) if cut is None else list(cut)
-    size = [len(q.question) + len(reward.response_view(r, "committed", c)) + len(q.reference)
-            for q, r, c in zip(qa, responses, cuts, strict=True)]  # fmt: skip
-    order = np.argsort(size, kind="stable")
-    parts: list[dict[str, np.ndarray]] = []
-    for s in range(0, len(qa), chunk):
-        idx = order[s : s + chunk]
-        parts.append(
-            rewards.score([qa[i] for i in idx], [responses[i] for i in idx], [cuts[i] for i in idx])
-        )
-        bar.update(len(idx))
-    inv = np.argsort(order)
-    keys = [k for k in parts[0] if k != "judge_truncated"]
-    out = {k: np.concatenate([p[k] for p in parts])[inv] for k in keys}
-    out["judge_truncated"] = np.array([sum(int(p.get("judge_truncated", [0])[0]) for p in parts)])
-    return out
-
-
-def _judged(
-    scores: dict[str, np.ndarray], responses: Sequence[str], votes: int, key: jax.Array
-) -> dict[str, np.ndarray]:
-    """Per-row judge columns: votes [N, M], binary (majority) [N], greedy binary [N]."""
-    empty = scores["no_answer"].astype(bool)
-    v, maj = judge_votes(scores["judge_p_yes"], empty, scores["binary"], votes, key)
-    return {"votes": v, "binary": maj, "greedy_binary": scores["binary"].astype(int)}
-
-
-def _f(x: Any) -> Any:
-    """JSON-ready scalar: numpy -> python, rounded floats."""
-    if isinstance(x, np.generic):
-        x = x.item()
-    return round(x, 6) if isinstance(x, float) else x
-
-
-def probe_report(
-    rewards: builders.RewardRunner,
-    examples: Sequence[data.Example],
-    kinds: Sequence[str] | None,
-    votes: int,
-    key: jax.Array,
-    chunk: int,
-    bar_kw: dict,
-) -> tuple[dict, list[dict]]:
-    """The judge on the master-key probes of `examples` (all labelled NO).
-
-    Returns ({n, fpr (YES rate with the same vote rule as the answers), soft_mean,
-    rule_binary_fpr, per_probe: {probe: fpr}}, the judged probe rows).
-    """
-    prs = probes.probe_rows(examples, kinds)
-    responses = [r["response"] for r in prs]
-    with tqdm(total=len(prs), desc="probes", unit="row", **bar_kw) as bar:
-        qa = [_QA(r["question"], r["reference"]) for r in prs]
-        ps = _score_rows(rewards, qa, responses, chunk, bar)
-    pj = _judged(ps, responses, votes, key)
-    rows = [
-        {**r, "binary": int(pj["binary"][i]), "votes": pj["votes"][i].tolist(),
-         "soft": _f(ps["soft"][i]), "judge_p_yes": _f(ps["judge_p_yes"][i]),
-         "rule_binary": _f(ps["rule_binary"][i])}
-        for i, r in enumerate(prs)
-    ]  # fmt: skip
-    per_probe: dict[str, list[int]] = {}
-    for r in rows:
-        per_probe.setdefault(r["kind"].removeprefix("probe:"), []).append(r["binary"])
-    res = {
-        "n": len(rows),
-        "fpr": float(np.mean([r["binary"] for r in rows])),
-        "soft_mean": float(np.mean([r["soft"] for r in rows])),
-        "rule_binary_fpr": float(np.mean([r["rule_binary"] for r in rows])),
-        "per_probe": {k: float(np.mean(v)) for k, v in per_probe.items()},
-        "judge_truncated_prompts": int(ps["judge_truncated"][0]),
-    }
-    return res, rows
-
-
 def _write_outputs(out: str | Path, results: dict, rows: list, probe_rows: list) -> None:
     """All files, each atomically; results.json last (its presence means the set is complete)."""
     paths = out_paths(out)
     results["files"] = {k: str(p) for k, p in paths.items()}
-    _write_atomic(paths["generations"], "".join(json.dumps(r) + "\n" for r in rows))
-    _write_atomic(paths["probes"], "".join(json.dumps(r) + "\n" for r in probe_rows))
-    _write_atomic(paths["table"], results["table"])
-    _write_atomic(paths["results"], json.dumps(results, indent=2) + "\n")
+    atomic.write_text(paths["generations"], "".join(json.dumps(r) + "\n" for r in rows))
+    atomic.write_text(paths["probes"], "".join(json.dumps(r) + "\n" for r in probe_rows))
+    atomic.write_text(paths["table"], results["table"])
+    atomic.write_text(paths["results"], json.dumps(results, indent=2) + "\n")
 
 
 def evaluate(
@@ -291,9 +141,9 @@ def evaluate(
     _check_model_spec(str(cfg.policy.model), "--model")
     _check_model_spec(str(cfg.judge.model), "--judge")
     has_judge = bool(str(cfg.judge.model))
-    if not has_judge and cfg.judge.reward in builders.JUDGE_REWARDS:
+    if not has_judge and cfg.judge.reward in runner.JUDGE_REWARDS:
         cfg.judge.reward = "rule_binary"  # evaluate optimises nothing; rules only without a judge
-    if cfg.judge.reward in builders.LIKELIHOOD_REWARDS:
+    if cfg.judge.reward in runner.LIKELIHOOD_REWARDS:
         cfg.judge.reward = "soft" if has_judge else "rule_binary"  # evaluate judges with its judge
     multihost.join(cfg.mesh)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -304,7 +154,7 @@ def evaluate(
     examples = report.examples
     mesh = builders.build_mesh(cfg, mesh_flag)
     policy = builders.build_policy(cfg, mesh)
-    rewards = builders.RewardRunner.from_config(cfg, mesh, policy)
+    rewards = runner.RewardRunner.from_config(cfg, mesh, policy)
     t_loaded = time.perf_counter()
 
     sc = builders.sampling_config(cfg, greedy=greedy)
@@ -313,16 +163,16 @@ def evaluate(
     responses = [c.text for c in comps]
     t_gen = time.perf_counter()
 
-    qa = [_QA(ex.question, ex.reference) for ex in examples]
+    qa = [QA(ex.question, ex.reference) for ex in examples]
     chunk = int(cfg.judge.batch_size)
     with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
-        scores = _score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
+        scores = score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
     vote_key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003)
-    judged = _judged(scores, responses, votes, vote_key) if has_judge else {}
+    judged = judged_columns(scores, responses, votes, vote_key) if has_judge else {}
     if compare:  # the reward judge on the same answers
-        reward_runner = builders.RewardRunner.from_config(reward_cfg, mesh, policy)
+        reward_runner = runner.RewardRunner.from_config(reward_cfg, mesh, policy)
         with tqdm(total=len(examples), desc="reward judge", unit="row", **bar_kw) as bar:
-            rs = _score_rows(reward_runner, qa, responses, chunk, bar)
+            rs = score_rows(reward_runner, qa, responses, chunk, bar)
         scores["reward_judge_binary"], scores["reward_judge_soft"] = rs["binary"], rs["soft"]
     t_judge = time.perf_counter()
 
@@ -337,13 +187,13 @@ def evaluate(
                 binary=int(judged["binary"][i]),
                 votes=judged["votes"][i].tolist(),
                 greedy_binary=int(judged["greedy_binary"][i]),
-                verdict=reward.verdict_label(scores["judge_verdict"][i]),  # greedy: YES/NO/NEITHER
+                verdict=scoring.verdict_label(scores["judge_verdict"][i]),  # greedy: YES/NO/NEITHER
             )
             for k in ("soft", "soft_normalized", "judge_p_yes"):
-                row[k] = _f(scores[k][i])
+                row[k] = json_scalar(scores[k][i])
         for k in (*rewards.rules, "reward_judge_binary", "reward_judge_soft"):
             if k in scores:
-                row[k] = _f(scores[k][i])
+                row[k] = json_scalar(scores[k][i])
         rows.append(row)
     names = ("binary", "soft", "reward_judge_binary", "reward_judge_soft", "rule_binary")
     keys = [k for k in (*names, "rule_jaccard") if k in rows[0]]
@@ -391,7 +241,7 @@ def evaluate(
         },
         "judge_truncated_prompts": int(scores["judge_truncated"][0]) if has_judge else 0,
         # Share of responses whose judge's first token was neither YES nor NO (scored 0, not NO).
-        "judge_neither_rate": reward.neither_rate(scores["judge_verdict"]) if has_judge else None,
+        "judge_neither_rate": scoring.neither_rate(scores["judge_verdict"]) if has_judge else None,
         "time_s": dict(
             load=t_loaded - t_start,
             generate=t_gen - t_loaded,

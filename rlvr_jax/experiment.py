@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from rlvr_jax import data, heldout, host_memory, stats, train
-from rlvr_jax.evaluate import _write_atomic
+from rlvr_jax import atomic, data, heldout, host_memory, stats, train
 from rlvr_jax.metrics import read_metrics
 
 _CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separated names).")
@@ -312,8 +311,8 @@ def plot(exp: Any, sweep: Path, out: Path) -> Path:
 
 
 def write_results(sweep: Path, res: dict) -> None:
-    _write_atomic(sweep / "results.md", markdown(res))
-    _write_atomic(sweep / "results.json", json.dumps(res, indent=2) + "\n")
+    atomic.write_text(sweep / "results.md", markdown(res))
+    atomic.write_text(sweep / "results.json", json.dumps(res, indent=2) + "\n")
 
 
 def main(argv: list[str]) -> None:
@@ -332,7 +331,7 @@ def main(argv: list[str]) -> None:
     only = [c for c in _CELLS.value.split(",") if c] if _CELLS.value else None
     if _ANSWERS.value:
         rows = answer_sheet(exp, sweep)
-        _write_atomic(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
+        atomic.write_text(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
         print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
         return
     if _REPORT.value:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rlvr_jax import probes
+from rlvr_jax.judge import probes
 
 # (metric, config bound, "max" or "min")
 BOUNDS = (

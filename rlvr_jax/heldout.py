@@ -4,8 +4,8 @@ At step 0 (before any update), every `train.eval_every` steps and at the end, th
 fixed held-out question set greedily (default: every test question of the run's data;
 `train.eval_prompts` = K > 0 keeps the first K). The answers are scored by the evaluation judge
 (`judge.eval_model`: "evaluation" is a judge distilled independently of the reward judge, see
-`rlvr_jax.distill.ensure_evaluation_judge`; "" reuses the reward judge); without any judge model
-the run's rule verifies them (math-verify for `math` rewards, else `rule_binary`).
+`rlvr_jax.judge.distill.ensure_evaluation_judge`; "" reuses the reward judge); without any judge
+model the run's rule verifies them (math-verify for `math` rewards, else `rule_binary`).
 
 Metrics (prefix eval/): accuracy (the evaluation judge's binary verdict), subject/<s>, field/<f>,
 field_average; beside it the reward judge's figures (reward_judge/binary, reward_judge/soft) and
@@ -30,9 +30,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlvr_jax import agreement, builders, stats
-from rlvr_jax.builders import RewardRunner
-from rlvr_jax.evaluate import _score_rows, _write_atomic, generate_responses
+from rlvr_jax import atomic, builders, stats
+from rlvr_jax.eval_rows import generate_responses, score_rows
+from rlvr_jax.judge import agreement, specs
+from rlvr_jax.judge.runner import RewardRunner
 
 EVAL_DIR = "eval"
 SUMMARY = "summary.json"
@@ -44,7 +45,7 @@ def eval_rewards(cfg: Any, mesh: jax.sharding.Mesh, policy: Any, rewards: Reward
     spec = str(cfg.judge.eval_model)
     # Compared with the judge the run built: a likelihood-reward run builds none, so its
     # evaluation judge is built here even when it is the config's judge.model.
-    if not spec or spec == builders.judge_spec(cfg):
+    if not spec or spec == specs.judge_spec(cfg):
         return rewards
     c = cfg.copy_and_resolve_references()
     c.judge.model, c.judge.template, c.judge.reward = spec, "auto", "binary"
@@ -89,7 +90,7 @@ class HeldOutEval:
         """Scores of completions `comps` (their text, and whether the token limit cut them)."""
         responses, cut = [c.text for c in comps], [not c.stopped for c in comps]
         with tqdm(total=len(exs), disable=True) as bar:
-            return _score_rows(runner, exs, responses, int(self.cfg.judge.batch_size), bar, cut)
+            return score_rows(runner, exs, responses, int(self.cfg.judge.batch_size), bar, cut)
 
     def _answers(self, params: Any, exs: Sequence[Any], cfg: Any, greedy: bool) -> list:
         pol = self.policy._replace(state=params)
@@ -139,7 +140,7 @@ class HeldOutEval:
             m.update(self._sampled(params, step, rows))
         if self.workdir is not None and jax.process_index() == 0:
             text = "".join(json.dumps(r) + "\n" for r in rows)
-            _write_atomic(rows_path(self.workdir, step), text)
+            atomic.write_text(rows_path(self.workdir, step), text)
         m["time/eval_s"] = time.perf_counter() - t0
         return m
 
@@ -228,5 +229,5 @@ def summarize(workdir: Path, judge: str) -> dict | None:
         rj = res["reward_judge"]
         line += f"; reward judge {_pct(rj['before'])} -> {_pct(rj['after'])}"
     res["line"] = line
-    _write_atomic(Path(workdir) / SUMMARY, json.dumps(res, indent=2) + "\n")
+    atomic.write_text(Path(workdir) / SUMMARY, json.dumps(res, indent=2) + "\n")
     return res

@@ -12,14 +12,14 @@ mistakes, numerically different from the answer.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
+
+from rlvr_jax import atomic
 
 # question, answer, results of typical mistakes, unit ("x" when the answer is the value of x)
 Problem = tuple[str, Fraction, list[Fraction], str]
@@ -285,11 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", choices=["train", "test"], default="train")
     ap.add_argument("--out", required=True, help="output JSONL file")
     args = ap.parse_args(argv)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in generate(args.n, args.seed, args.split):
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, args.out)
+    atomic.write_jsonl(args.out, generate(args.n, args.seed, args.split))
 
 
 if __name__ == "__main__":

@@ -23,16 +23,12 @@ import os
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
-
-if TYPE_CHECKING:  # models import this module (activation constraints): no import cycle at run time
-    from rlvr_jax.models.config import ModelConfig
-    from rlvr_jax.models.kv_cache import KVCache
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the axes that split batch rows
@@ -226,22 +222,6 @@ def param_shardings(tree: Any, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:
 # ----------------------------------------------------------------------------- placing params
 
 
-def init_sharded(
-    cfg: ModelConfig, mesh: Mesh, rules: Rules = TRAIN_RULES, seed: int = 0
-) -> tuple[nnx.GraphDef, nnx.State]:
-    """A random model born sharded: each device computes only its own shards of every parameter.
-
-    The same values as `jax.jit(lambda: init_model(cfg, seed)[1])()` on one device (the random
-    bits are partitionable, so they do not depend on the mesh).
-    """
-    from rlvr_jax.models.transformer import abstract_model, init_model
-
-    graphdef, _ = abstract_model(cfg)
-    init = lambda: init_model(cfg, seed)[1]
-    shardings = param_shardings(jax.eval_shape(init), mesh, rules)
-    return graphdef, jax.jit(init, out_shardings=shardings)()
-
-
 def shard_params(state: Any, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:
     """Place loaded parameters (host numpy or device arrays, with nnx metadata) on the mesh.
 
@@ -268,19 +248,6 @@ def reshard(tree: Any, mesh: Mesh, rules: Rules = SAMPLE_RULES) -> Any:
     return jax.device_put(tree, param_shardings(tree, mesh, rules))
 
 
-def kv_cache_shardings(cache: KVCache, mesh: Mesh, rules: Rules = SAMPLE_RULES) -> KVCache:
-    """NamedShardings for a KVCache (concrete or from `jax.eval_shape`): rows over the batch axes,
-    KV heads over tensor when they divide; usable as out_shardings or a sharding constraint."""
-    k0 = cache.k[0].shape
-    kv = logical_sharding(mesh, KV_NAMES, k0, rules)
-    return cache.replace(
-        k=(kv,) * len(cache.k),
-        v=(kv,) * len(cache.v),
-        mask=logical_sharding(mesh, KV_NAMES[:2], cache.mask.shape, rules),
-        index=NamedSharding(mesh, PartitionSpec()),
-    )
-
-
 # ------------------------------------------------------------------------------------- batches
 
 
@@ -291,6 +258,15 @@ def _row_names(ndim: int) -> tuple[str | None, ...]:
 def batch_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = TRAIN_RULES) -> NamedSharding:
     """Rows (dim 0) over the batch axes, other dims whole; scalars replicated."""
     return logical_sharding(mesh, _row_names(len(shape)), shape, rules)
+
+
+def rows_sharding(mesh: Mesh | None, shape: Sequence[int]) -> NamedSharding | None:
+    """`batch_sharding` for a batch whose row count (shape[0]) the batch axes divide, else None:
+    the row count of a fixed-size host batch (sampler, judge) is the user's to pick, and a batch
+    that does not divide stays whole on every device instead of failing."""
+    if mesh is None or shape[0] % batch_size_multiple(mesh):
+        return None
+    return batch_sharding(mesh, shape)
 
 
 def constrain_rows(x: jax.Array) -> jax.Array:

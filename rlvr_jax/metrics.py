@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rlvr_jax import atomic
 
 CURVES = (
     ("reward/raw_mean", "reward (raw mean)"),
@@ -55,9 +56,7 @@ class MetricsWriter:
         keep = [
             ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
         ]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Record scalars for `step`; non-scalars are dropped. Returns the record written."""
@@ -140,8 +139,6 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic.write_with(out_png, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp, out_png)
     return out_png

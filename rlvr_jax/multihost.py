@@ -12,7 +12,7 @@ In a multi-process JAX job every process runs the same program on the same globa
 - Agreeing: values read from the file system (the latest checkpoint step) are taken from
   process 0, so that a slow shared file system cannot send processes down different paths.
 
-The host-side design of the RL loop (train.rl_step) follows from the judge: its scoring is one
+The host-side design of the RL step (rl_step.py) follows from the judge: its scoring is one
 jitted computation over a global batch, which every process must enter with the same rows. So every
 process holds the whole prompt batch, gathers the whole rollout (`to_host`: [N, L] int32 tokens,
 a few KiB to a few MiB), decodes every completion and computes every reward. The redundant host

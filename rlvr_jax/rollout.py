@@ -12,9 +12,7 @@ is two jitted pure functions over (graphdef, state):
   unrolled, see models/transformer.py). On XLA:CPU the step runs on a transposed copy of the
   weights made once per call (models/decode.py: its products are about 1.5x faster).
 
-Sampling costs little next to the forward: greedy is an argmax; temperature sampling draws one
-uniform per row and inverts the CDF (not N*V Gumbel draws); top-k uses `lax.top_k`; top-p alone
-finds its threshold by bisection instead of sorting the vocabulary.
+Sampling one token from logits is sampling.py's.
 
 Shapes are fixed per (B, P, L): callers pad prompts to a few length buckets (`PROMPT_BUCKETS`), so
 a training run compiles once per bucket.
@@ -25,9 +23,6 @@ Conventions of the returned `Rollout`:
 - `logprobs` are log-probs of the sampled tokens under the unmodified policy distribution
   (temperature 1, no top-k/top-p): exactly what the trainer recomputes with a teacher-forced
   forward. They are 0 outside the mask.
-- Sampling order follows transformers: logits / temperature, then top-k, then top-p. Top-p keeps the
-  smallest set of most likely tokens whose mass reaches `top_p` (and any token tied with the last
-  one kept). Temperature 0 means greedy.
 """
 
 from __future__ import annotations
@@ -35,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -52,39 +48,10 @@ from rlvr_jax.models.decode import (
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 from rlvr_jax.multihost import to_host
+from rlvr_jax.sampling import SamplingConfig, sample_tokens, sampled_logprobs
 from rlvr_jax.tokenizer import Message, Tokenizer, bucket_length, left_pad
 
 PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample. Frozen and hashable: it is a static argument of the jitted decode loop.
-
-    max_new_tokens: L, the completion length (buffer size; rows stop earlier at a stop token).
-    temperature: 0 = greedy; otherwise logits are divided by it before top-k/top-p.
-    top_k: keep the k most likely tokens (0 = off).
-    top_p: nucleus mass (1.0 = off).
-    """
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 @flax.struct.dataclass
@@ -109,86 +76,27 @@ class Rollout:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sampling math: one [N, V] logits row per step; keep it cheap (sort only when top-p needs it).
-
-
-def _top_p_mask(sorted_desc: jax.Array, top_p: float) -> jax.Array:
-    """Keep mask over logits sorted descending [N, k]: the smallest prefix with mass >= top_p."""
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    return mass_before < top_p  # the first token always has mass_before 0
-
-
-def _top_p_keep(probs: jax.Array, top_p: float) -> jax.Array:
-    """Keep mask [N, V] of the nucleus of probs [N, V], without sorting the vocabulary.
-
-    The nucleus is {p >= t} for the largest threshold t whose mass is >= top_p (the sorted-prefix
-    definition, ties with the last kept token included). t is found by bisection on the bit
-    patterns of the probabilities (non-negative floats order like their int32 bits): 31 masked
-    sums over [N, V], where a sort of 49k entries per row costs ~50x more on XLA:CPU.
-    """
-    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
-    need = top_p * jnp.sum(probs, axis=-1)  # relative to the row's own (rounded) total
-    lo = jnp.zeros(probs.shape[:1], jnp.int32)  # mass(bits >= lo) >= need
-    hi = jnp.max(bits, axis=-1) + 1  # mass(bits >= hi) == 0 < need
-
-    def step(_, lohi):
-        lo, hi = lohi
-        mid = lo + (hi - lo) // 2
-        ok = jnp.sum(jnp.where(bits >= mid[:, None], probs, 0.0), axis=-1) >= need
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-    lo, _ = jax.lax.fori_loop(0, 31, step, (lo, hi))
-    return bits >= lo[:, None]
-
-
-def _inverse_cdf(weights: jax.Array, key: jax.Array, block: int = 256) -> jax.Array:
-    """One index per row of non-negative weights [N, V], drawn with probability weight / row sum.
-
-    Inverse-CDF with one uniform per row, in two levels (block sums, then within the block), so
-    it needs N random numbers per step instead of the N*V Gumbel draws of `categorical`. Never
-    returns an index of zero weight.
-    """
-    n, v = weights.shape
-    pad = (-v) % block
-    w = jnp.pad(weights, ((0, 0), (0, pad))).reshape(n, -1, block)
-    bcdf = jnp.cumsum(w.sum(-1), axis=-1)  # [N, V/block]
-    u = jax.random.uniform(key, (n,), jnp.float32) * bcdf[:, -1]  # in [0, total)
-    b = jnp.minimum(jnp.sum(bcdf <= u[:, None], axis=-1), bcdf.shape[1] - 1)
-    below = jnp.where(b > 0, jnp.take_along_axis(bcdf, jnp.maximum(b - 1, 0)[:, None], -1)[:, 0], 0)
-    row = jnp.take_along_axis(w, b[:, None, None], axis=1)[:, 0]  # [N, block]
-    j = jnp.sum(jnp.cumsum(row, axis=-1) <= (u - below)[:, None], axis=-1)
-    # Rounding can push j past the block's last positive weight: clamp to it.
-    last = block - 1 - jnp.argmax((row > 0)[:, ::-1], axis=-1)
-    return (b * block + jnp.minimum(j, last)).astype(jnp.int32)
-
-
-def sample_tokens(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> jax.Array:
-    """Sample one token per row from fp32 logits [N, V] -> [N] int32, per `sc`."""
-    if sc.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    x = logits / jnp.float32(sc.temperature) if sc.temperature != 1.0 else logits
-    if sc.top_k > 0 and sc.top_k < x.shape[-1]:
-        vals, idx = jax.lax.top_k(x, sc.top_k)  # [N, k], sorted descending: cheap
-        if sc.top_p < 1.0:
-            vals = jnp.where(_top_p_mask(vals, sc.top_p), vals, jnp.finfo(jnp.float32).min)
-        choice = jax.random.categorical(key, vals, axis=-1)
-        return jnp.take_along_axis(idx, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    probs = jax.nn.softmax(x, axis=-1)
-    if sc.top_p < 1.0:
-        probs = jnp.where(_top_p_keep(probs, sc.top_p), probs, 0.0)
-    return _inverse_cdf(probs, key)
-
-
-def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """log softmax(logits)[token] for fp32 logits [..., V] and tokens [...] (no [.., V] log-softmax
-    array is kept: only the row's logsumexp)."""
-    picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
-
-
-# ----------------------------------------------------------------------------------------------
 # Device side: two jitted pure functions.
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """The decode loop's carry for N rows and L = max_new_tokens slots.
+
+    step: [] int32, the slot i that the loop's next iteration samples (1 <= i <= L)
+    token: [N] int32, the token sampled at slot i - 1: the next forward pass's input
+    done: [N] bool, rows that emitted a stop token
+    cache: the KV cache (in the decode layout on XLA:CPU), updated in place
+    tokens: [N, L] int32, logprobs: [N, L] fp32, mask: [N, L] bool: the completions so far
+    """
+
+    step: jax.Array
+    token: jax.Array
+    done: jax.Array
+    cache: Any
+    tokens: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "n"))
@@ -246,7 +154,7 @@ def decode(
     def pick(logits, i, done):
         """Sample step i from logits [N,V]; finished rows emit pad with mask False."""
         tok = sample_tokens(logits, jax.random.fold_in(key, i), sc)
-        lp = token_logprobs(logits, tok)
+        lp = sampled_logprobs(logits, tok)
         live = ~done
         tok = jnp.where(live, tok, pad_id)
         lp = jnp.where(live, lp, 0.0)
@@ -258,9 +166,8 @@ def decode(
     lps = jnp.zeros((rows, big_l), jnp.float32).at[:, 0].set(lp)
     mask = jnp.zeros((rows, big_l), bool).at[:, 0].set(live)
 
-    def cond(carry):
-        i, _, done, *_ = carry
-        return (i < big_l) & ~jnp.all(done)
+    def cond(s: DecodeState) -> jax.Array:
+        return (s.step < big_l) & ~jnp.all(s.done)
 
     cpu_layout = use_decode_layout()
     if cpu_layout:  # XLA:CPU: transposed weights and cache, faster products (models/decode.py)
@@ -274,20 +181,19 @@ def decode(
             hidden, cache = forward(graphdef, state, tok[:, None], pos[:, None], None, cache, True)
             return lm_logits(graphdef, state, hidden[:, 0]), cache
 
-    def body(carry):
-        i, tok, done, cache, toks, lps, mask = carry
-        logits, cache = step(tok, pos0 + i - 1, cache)
-        tok, lp, live, done = pick(logits, i, done)
-        toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
-        lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
-        mask = jax.lax.dynamic_update_slice(mask, live[:, None], (0, i))
-        return i + 1, tok, done, cache, toks, lps, mask
+    def body(s: DecodeState) -> DecodeState:
+        i = s.step
+        logits, cache = step(s.token, pos0 + i - 1, s.cache)
+        tok, lp, live, done = pick(logits, i, s.done)
+        put = lambda buf, col: jax.lax.dynamic_update_slice(buf, col[:, None], (0, i))
+        return DecodeState(
+            i + 1, tok, done, cache, put(s.tokens, tok), put(s.logprobs, lp), put(s.mask, live)
+        )
 
-    carry = (jnp.int32(1), tok, done, cache, toks, lps, mask)
-    _, _, done, cache, toks, lps, mask = jax.lax.while_loop(cond, body, carry)
-    if cpu_layout:
-        cache = model_cache(cache)
-    return toks, mask, lps, done, cache
+    init = DecodeState(jnp.int32(1), tok, done, cache, toks, lps, mask)
+    out = jax.lax.while_loop(cond, body, init)
+    cache = model_cache(out.cache) if cpu_layout else out.cache
+    return out.tokens, out.mask, out.logprobs, out.done, cache
 
 
 def generate(

@@ -1,16 +1,16 @@
 """`python -m rlvr_jax.train --config configs/econ.py [--config.KEY=VALUE ...] [--workdir DIR]`
 
-One RL run: data -> rollout (G samples per prompt) -> judge, likelihood and rule rewards ->
-advantages -> reference log-probs -> clipped policy updates -> metrics, with orbax checkpoints
-every k steps.
+One RL run: build it once (run.py), then step (rl_step.py: data -> rollout (G samples per prompt)
+-> judge, likelihood and rule rewards -> reference log-probs -> advantages -> clipped policy
+updates), each step followed by hooks with an `every` (hooks.py): held-out evaluation, guards,
+metrics, orbax checkpoints and the stop conditions.
 Rerunning with an existing workdir resumes from its last checkpoint and continues exactly as an
 uninterrupted run would (the rollout key of step s is fold_in(seed, s); the data position and
-the whole TrainState are checkpointed). This file orchestrates; the math lives in losses/update.
+the whole TrainState are checkpointed). This file is the loop only; the math lives in losses/update.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import sys
 import time
@@ -18,38 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags, logging
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from rlvr_jax import (
-    builders,
-    checkpoint,
-    data,
-    guards,
-    heldout,
-    host_memory,
-    likelihood,
-    losses,
-    memory,
-    minibatch,
-    sft_baseline,
-    update,
-)
+from rlvr_jax import checkpoint, data, guards, heldout, host_memory, memory, sft_baseline, update
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax import multihost as mh
-from rlvr_jax.builders import RewardRunner
 from rlvr_jax.cpu_meter import page_faults
 from rlvr_jax.hooks import HookContext, Hooks
+from rlvr_jax.judge import specs
 from rlvr_jax.metrics import CompileMeter, MetricsWriter, plot_curves
 from rlvr_jax.models.config import ConfigError
-from rlvr_jax.models.lora import split_adapters
-from rlvr_jax.models.transformer import abstract_model
-from rlvr_jax.reward import neither_rate
-from rlvr_jax.rollout import generate
+from rlvr_jax.rl_step import rl_step
+from rlvr_jax.run import (
+    Run,
+    build,
+    latest_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (a Python file).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
@@ -58,307 +45,6 @@ _MESH = flags.DEFINE_string("mesh", None, "Mesh DATA,FSDP,TENSOR (overrides conf
 
 class RunStopped(RuntimeError):
     """The run stopped on purpose (e.g. too many non-finite updates); a checkpoint was written."""
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything built once per run."""
-
-    cfg: Any
-    workdir: Path
-    mesh: jax.sharding.Mesh
-    policy: Any  # LoadedModel
-    ref_params: Any  # None for a LoRA policy: its reference is its own base weights
-    rewards: RewardRunner
-    train_it: data.BatchIterator
-    test_examples: list
-    train_step: Any
-    ref_logprobs: Any
-    step_cfg: update.StepConfig
-    train_batch: int  # rollout rows per optimizer step
-    evals: RewardRunner | None = None  # the held-out evaluation's judge (heldout.eval_rewards)
-    trainable: update.Filter = lambda path, x: True
-
-    def reference_params(self, state: update.TrainState) -> Any:
-        """The reference policy's params: the initial policy's copy, or a LoRA policy's base
-        weights (the arrays of `state`, adapters left out: no copy, and no sync to get wrong)."""
-        if self.ref_params is not None:
-            return self.ref_params
-        return split_adapters(state.params)[1]
-
-    def sample_params(self, params: Any) -> Any:
-        """Params in the sampling layout: whole over fsdp (decode would otherwise all-gather every
-        weight at every token); the same arrays when the two layouts agree (fsdp = 1)."""
-        if self.mesh.shape["fsdp"] == 1:
-            return params
-        return mesh_lib.reshard(params, self.mesh, mesh_lib.SAMPLE_RULES)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _ckpt_dir(workdir: Path) -> Path:
-    return workdir / "checkpoints"
-
-
-def latest_checkpoint(workdir: Path) -> int | None:
-    """The newest complete checkpoint step (orbax renames a finished write into place), as
-    process 0 sees it: every process resumes from the same step."""
-    return mh.from_main(checkpoint.latest_step(_ckpt_dir(workdir)))
-
-
-def _saved_part(run: Run, state: update.TrainState) -> update.TrainState:
-    """The part of the state a checkpoint holds: all but the frozen params (LoRA: the adapters
-    and their optimizer state), which the run rebuilds as it started."""
-    return state.replace(params=update.split_trainable(state.params, run.trainable)[0])
-
-
-def save_checkpoint(run: Run, state: update.TrainState, step: int) -> None:
-    """Save the state after RL step `step` (a loop step: with several optimizer steps per
-    rollout, or skipped non-finite updates, it differs from state.step, which counts applied
-    updates)."""
-    leaves = jax.tree.leaves(_saved_part(run, state))
-    tree = {
-        "state": leaves,
-        "data": {k: np.asarray(v, np.int64) for k, v in run.train_it.state().items()},
-    }
-    checkpoint.save_step(_ckpt_dir(run.workdir), step, tree, int(run.cfg.train.keep_ckpts))
-
-
-def restore_checkpoint(run: Run, state: update.TrainState, step: int) -> update.TrainState:
-    frozen = update.split_trainable(state.params, run.trainable)[1]
-    leaves, treedef = jax.tree.flatten(_saved_part(run, state))
-    abstract = {
-        "state": [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves],
-        "data": {k: jax.ShapeDtypeStruct((), np.int64) for k in run.train_it.state()},
-    }
-    tree = checkpoint.restore_pytree(_ckpt_dir(run.workdir) / str(step), abstract)
-    run.train_it.restore({k: int(v) for k, v in tree["data"].items()})
-    saved = jax.tree.unflatten(treedef, tree["state"])
-    return saved.replace(params=nnx.merge_state(saved.params, frozen))
-
-
-# --------------------------------------------------------------------------- building
-
-
-def _plan_args(cfg: Any, mesh: jax.sharding.Mesh) -> tuple:
-    policy_cfg, judge_cfg = builders.model_configs(cfg)
-    return policy_cfg, memory.RunShape.from_config(cfg), mesh, judge_cfg
-
-
-def _on_mesh(x: jax.Array, mesh: jax.sharding.Mesh) -> jax.sharding.Sharding:
-    """x's sharding if it is already laid out on `mesh`, else replicated over it (scalars, keys)."""
-    s = x.sharding
-    if isinstance(s, NamedSharding) and s.mesh == mesh:
-        return s
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, update.TrainState]:
-    mesh = builders.build_mesh(cfg, mesh_flag)
-    # Plan memory per device before loading or compiling anything: a run that cannot fit stops
-    # here with the largest term named, not in an out-of-memory error minutes later.
-    plan = memory.plan_memory(*_plan_args(cfg, mesh))
-    if mh.is_main():
-        (workdir / "memory_plan.txt").write_text(plan.table() + "\n")
-    memory.check_fits(plan, memory.device_memory_bytes())
-    policy = builders.build_policy(cfg, mesh)
-    train = builders.build_examples(cfg, "train")
-    print(train.summary(), file=sys.stderr)
-    train_ex, dropped = data.drop_long_prompts(
-        train.examples, policy.tokenizer, int(cfg.rollout.max_prompt_len), str(cfg.data.bad_rows)
-    )
-    test_ex = builders.build_examples(cfg, "test").examples[: int(cfg.train.eval_prompts) or None]
-    b = int(cfg.rollout.prompts_per_step)
-    # Every process iterates the whole global batch (not a 1/process_count share): the judge and
-    # the host-side rewards need every row on every process (see multihost.py), and the batches
-    # are then those of one process whatever the process count.
-    train_it = data.BatchIterator(train_ex, b, int(cfg.seed))
-    n = b * int(cfg.rollout.samples_per_prompt)
-    train_batch, micro = minibatch.resolve_train_batch(
-        n, int(cfg.rl.train_batch), int(cfg.optim.micro_batch)
-    )
-    # The schedule counts optimizer steps: several per rollout with train_batch < n or epochs > 1.
-    steps = int(cfg.train.steps) * minibatch.steps_per_rollout(
-        n, train_batch, int(cfg.rl.ppo_epochs)
-    )
-    optimizer = update.make_optimizer(cfg.optim, steps)
-    lora = policy.cfg.lora is not None
-    trainable = update.trainable_filter(
-        policy.cfg.num_layers, int(cfg.optim.train_layers), policy.cfg.lora
-    )
-    # The reference policy is the initial one: a copy that the donated train state cannot alias,
-    # or for a LoRA policy the base weights in the train state, under the base model's graphdef.
-    ref_params = None if lora else jax.tree.map(jnp.copy, policy.state)
-    ref_graphdef = abstract_model(policy.cfg.replace(lora=None))[0] if lora else policy.graphdef
-    state = update.init_train_state(
-        policy.state, optimizer, trainable, jax.random.PRNGKey(cfg.seed)
-    )
-    step_cfg = update.StepConfig(
-        micro_batch=micro,
-        clip_eps=float(cfg.rl.clip_eps),
-        kl_coef=float(cfg.rl.beta) if cfg.rl.kl_mode == "loss" else 0.0,
-        agg=losses.loss_aggregation(str(cfg.rl.algo), str(cfg.rl.loss_agg)),
-    )
-    # Pinning the state's layout keeps one compiled step: the donated output state then has
-    # exactly the input's shardings, so the second call does not compile again.
-    state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
-    state = jax.device_put(state, state_shardings)
-    train_step = update.make_train_step(
-        policy.graphdef,
-        optimizer,
-        step_cfg,
-        trainable,
-        update.make_schedule(cfg.optim, steps),
-        state_shardings=state_shardings,
-    )
-    rewards = RewardRunner.from_config(cfg, mesh, policy)
-    run = Run(
-        cfg=cfg,
-        workdir=workdir,
-        mesh=mesh,
-        policy=policy,
-        ref_params=ref_params,
-        rewards=rewards,
-        train_it=train_it,
-        test_examples=test_ex,
-        train_step=train_step,
-        ref_logprobs=update.make_ref_logprobs(ref_graphdef),
-        step_cfg=step_cfg,
-        train_batch=train_batch,
-        evals=heldout.eval_rewards(cfg, mesh, policy, rewards),
-        trainable=trainable,
-    )
-    return run, state
-
-
-# --------------------------------------------------------------------------- one step
-
-
-def _prompts(run: Run, examples: list) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask, _ = builders.policy_prompts(run.cfg, run.policy.tokenizer, examples)
-    return ids, mask
-
-
-def _timed(fn, *args):
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t0
-
-
-def rl_step(run: Run, state: update.TrainState, step: int) -> tuple[update.TrainState, dict]:
-    """One rollout + update; returns the new state and this step's metrics."""
-    cfg, tok = run.cfg, run.policy.tokenizer
-    g = int(cfg.rollout.samples_per_prompt)
-    examples = next(run.train_it)
-    ids, pmask = _prompts(run, examples)
-    key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step)
-    sc = builders.sampling_config(cfg)
-    ro, t_roll = _timed(
-        lambda: generate(
-            run.policy.graphdef,
-            run.sample_params(state.params),
-            ids,
-            pmask,
-            key,
-            sc,
-            g,
-            stop_ids=tok.stop_ids,
-            pad_id=tok.pad_id,
-        )
-    )
-    rows = [ex for ex in examples for _ in range(g)]
-    # The whole rollout on every process (a gather across processes): see multihost.py.
-    toks, cmask = mh.to_host(ro.tokens), mh.to_host(ro.mask)
-    responses = [tok.decode(toks[i][cmask[i]].tolist()) for i in range(len(rows))]
-    scores = run.rewards.score(
-        rows,
-        responses,
-        ~mh.to_host(ro.stopped),
-        policy_params=state.params,
-        reference_params=run.reference_params(state),
-    )
-    t_judge, t_lik = run.rewards.times["judge"], run.rewards.times["likelihood"]
-    rewards = jnp.asarray(scores[run.rewards.key], jnp.float32)
-    # RLPR's filter: prompts whose rewards barely vary leave the update (their completion tokens
-    # are masked out), instead of having their noise z-scored into full-size advantages.
-    keep = likelihood.std_filter(np.asarray(rewards), g, float(cfg.judge.get("rlpr_filter", 0.0)))
-    upd_mask = ro.mask if keep.all() else ro.mask & jnp.asarray(keep)[:, None]
-
-    tokens = jnp.concatenate([ro.prompt_ids, ro.tokens], axis=1)
-    attn = jnp.concatenate([ro.prompt_mask, ro.mask], axis=1)
-    big_l = ro.tokens.shape[1]
-    need_ref = float(cfg.rl.beta) > 0
-    if need_ref:
-        logp_ref, t_ref = _timed(run.ref_logprobs, run.reference_params(state), tokens, attn, big_l)
-    else:
-        logp_ref, t_ref = None, 0.0
-    adv = losses.compute_advantages(
-        str(cfg.rl.algo),
-        rewards,
-        g,
-        ro.logprobs,
-        logp_ref,
-        upd_mask,
-        float(cfg.rl.beta),
-        str(cfg.rl.kl_mode) if need_ref else "none",
-        str(cfg.rl.norm),
-    )
-    batch = update.Batch(
-        tokens, attn, upd_mask, adv, ro.logprobs, logp_ref if cfg.rl.kl_mode == "loss" else None
-    )
-    t0 = time.perf_counter()
-    n_epochs = int(cfg.rl.ppo_epochs)
-    # The shuffle key derives from the rollout key: a resumed run shuffles exactly as before.
-    order = minibatch.shuffled_order(
-        jax.random.fold_in(key, 1), len(rows), run.train_batch, n_epochs
-    )
-    state, m = minibatch.run_steps(run.train_step, state, batch, order)
-    t_update = time.perf_counter() - t0
-
-    mf = cmask.astype(np.float32)
-    n_tok = float(mf.sum())
-    skip = ("judge_truncated", "judge_verdict")
-    out = {f"reward/{k}": float(np.mean(v)) for k, v in scores.items() if k not in skip}
-    if "judge_verdict" in scores:  # first token neither YES nor NO: soft and binary are 0
-        out["judge/neither_rate"] = neither_rate(scores["judge_verdict"])
-    out["reward/nonfinite"] = int((~np.isfinite(np.asarray(rewards))).sum())
-    out.update(
-        {
-            f"reward/{k}": float(v)
-            for k, v in jax.device_get(losses.reward_stats(rewards, g)).items()
-        }
-    )
-    out["reward/kept_prompts"] = float(keep.reshape(-1, g)[:, 0].mean())
-    out["reward/raw_mean"] = float(rewards.mean())
-    out["reward/raw_std"] = float(rewards.std())
-    out["reward/normalized_std"] = float(
-        np.std(np.asarray(losses.normalize_rewards(rewards, g, str(cfg.rl.norm))))
-    )
-    if logp_ref is not None:
-        k1 = (mh.to_host(ro.logprobs) - mh.to_host(logp_ref)) * mf
-        out["kl/mean"] = float(k1.sum() / max(n_tok, 1.0))
-    # Step metrics averaged over the rollout's optimizer steps; logp_drift is the first step's,
-    # measured before the policy moved (see minibatch.run_steps).
-    out.update({f"train/{k}": float(np.asarray(v)) for k, v in m.items()})
-    out["train/opt_step_total"] = int(mh.to_host(state.step))  # updates applied in the run
-    out["rollout/response_len"] = float(mf.sum(1).mean())
-    out["rollout/truncation_rate"] = float(1.0 - mh.to_host(ro.stopped).mean())
-    out["judge/truncated_prompts"] = float(scores.get("judge_truncated", np.zeros(1)).sum())
-    out.update(guards.step_metrics(run.rewards, examples, cfg.train.guards.probes))
-    seq_tok = float(mh.to_host(attn).sum())  # prompt + completion tokens a forward pass reads
-    for name, secs, toks_done in (
-        ("rollout", t_roll, n_tok),
-        ("judge", t_judge, len(rows)),
-        ("likelihood", t_lik, len(rows)),
-        ("reference", t_ref, seq_tok),
-        ("update", t_update, seq_tok * n_epochs),
-    ):
-        out[f"time/{name}_s"] = secs
-        if secs > 0:  # judge, likelihood: responses scored per second; the others: tokens/s
-            unit = "rows" if name in ("judge", "likelihood") else "tokens"
-            out[f"time/{name}_{unit}_per_s"] = toks_done / secs
-    return state, out
 
 
 # --------------------------------------------------------------------------- the loop
@@ -479,13 +165,13 @@ def default_hooks(run: Run, writer: MetricsWriter, records: list[dict]) -> Hooks
         if streak >= int(cfg.train.max_nonfinite):
             raise RunStopped(
                 f"{streak} non-finite updates in a row at step {c.step} (loss or gradient "
-                f"NaN/Inf); checkpoint saved in {_ckpt_dir(run.workdir)}. Lower optim.lr or "
+                f"NaN/Inf); checkpoint saved in {run.checkpoints.folder}. Lower optim.lr or "
                 "check the rewards."
             )
         if stop_guard:
             raise RunStopped(
                 f"reward-hacking guard crossed at step {c.step} ({'; '.join(guard.crossed)}) "
-                f"and train.guards.stop is set; checkpoint saved in {_ckpt_dir(run.workdir)}"
+                f"and train.guards.stop is set; checkpoint saved in {run.checkpoints.folder}"
             )
 
     hooks.add(stop_conditions, every=1, name="stop_conditions")
@@ -521,7 +207,7 @@ def finish(run: Run, state: update.TrainState) -> None:
         png = plot_curves(run.workdir / "metrics.jsonl", run.workdir / "curves.png")
         print(f"rlvr_jax: curves in {png}", file=sys.stderr)
     if mh.is_main():
-        judge = str(run.cfg.judge.eval_model) or builders.judge_spec(run.cfg) or "rule"
+        judge = str(run.cfg.judge.eval_model) or specs.judge_spec(run.cfg) or "rule"
         summary = heldout.summarize(run.workdir, judge)
         if summary is not None:
             print(f"rlvr_jax: {summary['line']}", flush=True)

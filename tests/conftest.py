@@ -16,7 +16,7 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # No test distils a judge by the way (a quarter of an hour each): a config that would name a
-# missing "distilled" or "evaluation" judge fails at once (rlvr_jax/distill/__init__.py).
+# missing "distilled" or "evaluation" judge fails at once (rlvr_jax/judge/distill/__init__.py).
 os.environ["RLVR_JAX_NO_DISTILL"] = "1"
 
 import math
@@ -213,8 +213,7 @@ def with_random_adapters(
     from flax import nnx
 
     from rlvr_jax.models.config import LORA_TARGETS, LoraConfig
-    from rlvr_jax.models.lora import init_adapters
-    from rlvr_jax.models.transformer import abstract_model
+    from rlvr_jax.models.transformer import abstract_model, init_adapters
 
     cfg = cfg.replace(lora=LoraConfig(rank, alpha, tuple(targets or LORA_TARGETS)))
     adapters = init_adapters(cfg, seed)

@@ -113,7 +113,7 @@ def main(out: Path, model_dir: str, data_file: str) -> None:
     ecfg = judged_config(model_dir, data_file)
     evaluate.evaluate(ecfg, model=model_dir, judge=model_dir, out=out / "eval" / "results.json",
                       batch_size=4, probe_kinds=["colon", "empty"], quiet=True)  # fmt: skip
-    from rlvr_jax.distill import run_in_job
+    from rlvr_jax.judge.distill import run_in_job
 
     res = run_in_job(distill_config(model_dir, out.parent), out / "distill")
     got = {"steps": res["steps"], "kappa": res["distilled"]["kappa"]}

@@ -1,5 +1,6 @@
-"""rlvr_jax.agreement and tools/judge_agreement.py: kappas against scikit-learn / statsmodels and
-hand-computed figures; judge accuracy, AUC, calibration; the CLI's tables, JSON and errors."""
+"""rlvr_jax.judge.agreement and tools/judge_agreement.py: kappas against scikit-learn /
+statsmodels and hand-computed figures; judge accuracy, AUC, calibration; the CLI's tables, JSON
+and errors."""
 
 import json
 import math
@@ -14,7 +15,7 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from statsmodels.stats.inter_rater import aggregate_raters
 from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
 
-from rlvr_jax import agreement
+from rlvr_jax.judge import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
-"""What the judge is shown of a response (rlvr_jax/answers.py) and how the scorer uses it."""
+"""What the judge is shown of a response (rlvr_jax/judge/answers.py) and how the scorer uses it."""
 
 import pytest
 
-from rlvr_jax.answers import answer_view
+from rlvr_jax.judge.answers import answer_view
 
 RAMBLE_CUT = (
     "To find the answer we first look at the demand curve. The demand curve shows how much\n\n"

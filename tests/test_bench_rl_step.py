@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlvr_jax import reward as W
-from rlvr_jax.rules import rule_binary
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import scoring
+from rlvr_jax.judge.rules import rule_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 # The byte-level tiny tokenizer has no multi-letter tokens: single letters stand in for YES / NO;
 # the offset makes some greedy verdicts YES, so that soft rewards are not all 0.
-TINY = W.JudgeConfig(
+TINY = judge_prompts.JudgeConfig(
     template="short",
     yes_spellings=("Y", "y"),
     no_spellings=("N", "n"),
@@ -85,7 +86,7 @@ def test_torch_judge_reward_is_rlvr_jax_soft_reward(tiny_hf_dirs, tiny_tokenizer
     cfg = ModelConfig.from_hf_dict(hf.config.to_dict()).replace(dtype="float32")
     tensors = ((k, v.detach().float().numpy()) for k, v in hf.state_dict().items())
     state = state_from_tensors(cfg, tensors, source="torch")
-    judge = W.Judge(abstract_model(cfg)[0], state, tiny_tokenizer, TINY)
+    judge = scoring.Judge(abstract_model(cfg)[0], state, tiny_tokenizer, TINY)
 
     q, r, a = (list(c) for c in zip(*ROWS, strict=True))
     # The last response was cut by the token limit (no stop token among its ids).
@@ -93,7 +94,7 @@ def test_torch_judge_reward_is_rlvr_jax_soft_reward(tiny_hf_dirs, tiny_tokenizer
     cut = [False] * (len(r) - 1) + [True]
     for qi, ri, ai, ci in zip(q, r, a, cut, strict=True):
         text = judge_t.prompt_text(qi, ri, ai, ci)
-        want = W.build_judge_prompt(tiny_tokenizer, qi, ri, ai, TINY, ci)
+        want = judge_prompts.build_judge_prompt(tiny_tokenizer, qi, ri, ai, TINY, ci)
         if want.empty:
             assert text is None
         else:

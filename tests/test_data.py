@@ -5,7 +5,8 @@ import json
 import datasets
 import pytest
 
-from rlvr_jax import data, probes
+from rlvr_jax import batches, data
+from rlvr_jax.judge import probes
 
 
 def _row(i, **over):
@@ -174,12 +175,12 @@ def _ids(batch):
 
 def test_iterator_resumes_exactly_and_shuffles_per_epoch():
     exs = _examples(10)
-    it = data.BatchIterator(exs, batch_size=4, seed=3)
+    it = batches.BatchIterator(exs, batch_size=4, seed=3)
     assert it.batches_per_epoch == 2
     first = [_ids(next(it)) for _ in range(3)]
     saved = json.loads(json.dumps(it.state()))  # a checkpoint round trip
     future = [_ids(next(it)) for _ in range(5)]
-    it2 = data.BatchIterator(exs, batch_size=4, seed=999)  # seed comes from the state
+    it2 = batches.BatchIterator(exs, batch_size=4, seed=999)  # seed comes from the state
     it2.restore(saved)
     assert [_ids(next(it2)) for _ in range(5)] == future
     # epoch 0 covers 8 distinct examples, epoch 1 is a different order
@@ -187,33 +188,33 @@ def test_iterator_resumes_exactly_and_shuffles_per_epoch():
     assert first[2] != first[0]
     assert saved["epoch"] == 1 and saved["position"] == 4
     # same seed, same batches
-    again = data.BatchIterator(exs, batch_size=4, seed=3)
+    again = batches.BatchIterator(exs, batch_size=4, seed=3)
     assert [_ids(next(again)) for _ in range(3)] == first
 
 
 def test_iterator_refuses_state_of_other_data():
-    it = data.BatchIterator(_examples(10), batch_size=2)
+    it = batches.BatchIterator(_examples(10), batch_size=2)
     next(it)
     st = it.state()
-    other = data.BatchIterator(_examples(11), batch_size=2)
+    other = batches.BatchIterator(_examples(11), batch_size=2)
     with pytest.raises(data.DataError, match="num_examples"):
         other.restore(st)
     changed = _examples(10)
     changed[3] = data.example_from_row(_row(3, label="changed"), "f:line 4")
     with pytest.raises(data.DataError, match="fingerprint"):
-        data.BatchIterator(changed, batch_size=2).restore(st)
+        batches.BatchIterator(changed, batch_size=2).restore(st)
 
 
 def test_iterator_host_shards_partition_the_global_batch():
     exs = _examples(12)
-    hosts = [data.BatchIterator(exs, 6, seed=1, host_index=h, host_count=3) for h in range(3)]
-    whole = data.BatchIterator(exs, 6, seed=1)
+    hosts = [batches.BatchIterator(exs, 6, seed=1, host_index=h, host_count=3) for h in range(3)]
+    whole = batches.BatchIterator(exs, 6, seed=1)
     for _ in range(4):
         parts = [_ids(next(h)) for h in hosts]
         assert all(len(p) == 2 for p in parts)
         assert sum(parts, []) == _ids(next(whole))
     with pytest.raises(ValueError):
-        data.BatchIterator(exs, 5, host_count=2)
+        batches.BatchIterator(exs, 5, host_count=2)
 
 
 def test_math_source_loads_through_validation():
@@ -268,3 +269,15 @@ def test_answer_rows_labels_and_forms():
         last = [ln for ln in r["response"].splitlines() if ln.strip()][-1]
         assert "answer is" in last
     assert "wrong 0a" in by_kind["distractor"][0]["response"]
+
+
+def test_shipped_files_are_found_from_any_directory(tmp_path, monkeypatch):
+    """configs/ and data/ of the checkout are found from another working directory; a missing
+    one names both places it was looked for."""
+    from rlvr_jax import shipped
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped.find("data/onpolicy/answers.jsonl").is_file()
+    assert shipped.load_config("configs/judge_eval.py").name == "judge_eval"
+    with pytest.raises(shipped.ShippedFileError, match=f"nope.py: not found in {tmp_path}"):
+        shipped.find("configs/nope.py")

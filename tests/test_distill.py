@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -18,13 +17,16 @@ import pytest
 from conftest import TINY_VOCAB, make_tiny_hf_tokenizer
 from flax import nnx
 
-from rlvr_jax import data, reward, update
-from rlvr_jax.distill import examples as E
-from rlvr_jax.distill import minimal_pairs as mp
-from rlvr_jax.distill import sft, units
-from rlvr_jax.distill import split_model as sm
-from rlvr_jax.distill.cache import compute, hidden_batch, tokens_batch
-from rlvr_jax.distill.run import distill, load_questions, teacher_rows
+from rlvr_jax import data, update
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import rules, scoring
+from rlvr_jax.judge.distill import examples as E
+from rlvr_jax.judge.distill import minimal_pairs as mp
+from rlvr_jax.judge.distill import sft, units
+from rlvr_jax.judge.distill import split_model as sm
+from rlvr_jax.judge.distill.cache import compute, hidden_batch, tokens_batch
+from rlvr_jax.judge.distill.rows import load_questions, teacher_rows
+from rlvr_jax.judge.distill.run import distill
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import load_model, save_model
 from rlvr_jax.models.transformer import forward, init_model, positions_from_mask
@@ -83,7 +85,7 @@ def test_labelled_rows_labels_and_master_key_negatives():
     rows = E.labelled_rows(exs, seed=0, other_answers=1) + E.master_key_rows(exs, 0, 2)
     for r in rows:
         ex = next(e for e in exs if e.question == r["question"])
-        line = reward.last_nonempty_line(r["response"])
+        line = rules.last_nonempty_line(r["response"])
         if r["kind"] in ("reference", "rephrasing"):
             assert r["label"] == "YES" and any(a in line for a in (ex.reference, *ex.rephrasings))
         elif r["kind"] == "distractor":
@@ -129,7 +131,7 @@ def test_surface_rate_rewrites_yes_and_no_answers_and_keeps_labels():
     plain = E.labelled_rows(exs, seed=0, other_answers=0)
     rewritten = E.labelled_rows(exs, seed=0, other_answers=0, surface_rate=1.0)
     assert [r["label"] for r in plain] == [r["label"] for r in rewritten]
-    lines = [reward.last_nonempty_line(r["response"]) for r in rewritten]
+    lines = [rules.last_nonempty_line(r["response"]) for r in rewritten]
     for r, line in zip(rewritten, lines, strict=True):
         ex = next(e for e in exs if e.question == r["question"])
         sources = (ex.reference, *ex.rephrasings) if r["label"] == "YES" else ex.distractors
@@ -184,7 +186,7 @@ def test_minimal_pair_rows_add_to_the_other_rows():
     more = E.labelled_rows(exs, seed=0, other_answers=1, minimal_pairs=2)
     assert [r for r in more if r["kind"] not in ("equivalent", "near_miss")] == plain
     added = [r for r in more if r["kind"] in ("equivalent", "near_miss")]
-    by_q = lambda q, kind: [reward.last_nonempty_line(r["response"]) for r in added
+    by_q = lambda q, kind: [rules.last_nonempty_line(r["response"]) for r in added
                             if r["question"] == q and r["kind"] == kind]  # fmt: skip
     assert len(by_q("Q0?", "equivalent")) == 1 and "1/4" in by_q("Q0?", "equivalent")[0]
     assert len(by_q("Q0?", "near_miss")) == 2 and not by_q("Q1?", "near_miss")
@@ -206,8 +208,8 @@ def test_swapped_references_judge_the_other_way_round():
     assert {r["question"] for r in added} == {"Q0?"}
     (ref,) = {r["reference"] for r in added}
     assert ref in ("alt0 x", "alt0 y")
-    yes = {reward.last_nonempty_line(r["response"]) for r in added if r["label"] == "YES"}
-    no = {reward.last_nonempty_line(r["response"]) for r in added if r["label"] == "NO"}
+    yes = {rules.last_nonempty_line(r["response"]) for r in added if r["label"] == "YES"}
+    no = {rules.last_nonempty_line(r["response"]) for r in added if r["label"] == "NO"}
     other = "alt0 y" if ref == "alt0 x" else "alt0 x"
     assert len(yes) == 2 and any("ref0" in y for y in yes) and any(other in y for y in yes)
     assert len(no) == 2 and all("wrong" in n for n in no)
@@ -256,7 +258,7 @@ def test_calibration_maximises_validation_accuracy_within_the_probe_budget():
     whose master-key false-positive rate stays <= 5%, nearest 0 among equals (worked by hand:
     b in (-1, -0.83] gets 5/6 with no probe judged YES; b > 0.5 also gets 5/6 but passes the
     probe; the grid's point nearest 0 in the first range is -0.85)."""
-    from rlvr_jax.distill import evaluation
+    from rlvr_jax.judge.distill import evaluation
 
     kinds = ["rephrasing"] * 3 + ["distractor"] * 3 + ["probe:empty"]
     log_odds = np.array([2.0, 1.0, -0.5, 0.83, -1.0, -2.0, 0.2])
@@ -322,8 +324,12 @@ def _batch(tok, seed=0):
     exs = _examples(2)
     rows = E.labelled_rows(exs, seed) + E.master_key_rows(exs, seed, 2)
     ids = [
-        reward.build_judge_prompt(
-            tok, r["question"], r["response"], r["reference"], reward.JudgeConfig(template="short")
+        judge_prompts.build_judge_prompt(
+            tok,
+            r["question"],
+            r["response"],
+            r["reference"],
+            judge_prompts.JudgeConfig(template="short"),
         ).ids
         for r in rows
     ]
@@ -384,10 +390,10 @@ def test_sure_verdicts_stay_probabilities():
     over = False
     for _ in range(50):
         logits = jnp.asarray(rng.normal(0, 3, (64, 40)).astype(np.float32)).at[:, :6].add(60.0)
-        s = reward._scores(logits, yes_ids, no_ids, jnp.ones(64, bool))
+        s = scoring._scores(logits, yes_ids, no_ids, jnp.ones(64, bool))
         for x in (s.p_yes, s.p_no, s.soft):
             assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
-        p_yes, p_no = reward.verdict_probs(logits, yes_ids, no_ids)  # split_model.score's too
+        p_yes, p_no = scoring.verdict_probs(logits, yes_ids, no_ids)  # split_model.score's too
         assert float(p_yes.max()) <= 1.0 and float(p_no.min()) >= 0.0
         probs = jax.nn.softmax(logits, axis=-1)
         over |= float(jnp.take(probs, yes_ids, axis=-1).sum(-1).max()) > 1.0
@@ -510,20 +516,18 @@ def test_distill_resumes_exactly_and_exports(tmp_path, tiny_dir):
 
     # tools/score.py scores the model directory and its HF export, converted back in by
     # tools/convert_checkpoint.py, the same.
-    sys.path.insert(0, str(REPO / "tools"))
-    import convert_checkpoint
-    import score
+    from rlvr_jax.cli import convert_checkpoint, score
 
     back = tmp_path / "back"
     assert convert_checkpoint.main(["hf-to-jax", str(tmp_path / "a" / "judge_hf"), str(back)]) == 0
-    trained_on = reward.judge_config_for(
+    trained_on = judge_prompts.judge_config_for(
         cfg.judge.model, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
     )
     # ... with the calibration chosen on the validation questions
     trained_on = dataclasses.replace(trained_on, yes_bias=full["calibration"]["yes_bias"])
     assert full["calibration"]["val_questions"] == 2
     for d in (tmp_path / "a" / "judge", tmp_path / "a" / "judge_hf", back):
-        assert reward.prompt_settings_of(d) == trained_on.prompt_settings(), d
+        assert judge_prompts.prompt_settings_of(d) == trained_on.prompt_settings(), d
     rows = [
         {"question": "Q1 test: what is item 1?", "reference": "zeta1", "response": r}
         for r in ("Therefore, the answer is zeta1", "Thought process:", "omega1a")

@@ -16,9 +16,10 @@ from conftest import make_tiny_hf_tokenizer
 from flax import nnx
 
 from configs import base
-from rlvr_jax import data, probes
+from rlvr_jax import data, eval_rows
 from rlvr_jax import evaluate as E
-from rlvr_jax import reward as W
+from rlvr_jax.judge import probes, rules, scoring
+from rlvr_jax.judge import prompts as judge_prompts
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import load_model, save_model
 from rlvr_jax.models.transformer import forward, init_model, positions_from_mask
@@ -47,7 +48,9 @@ def _rig_verdicts(graphdef, state, tok: Tokenizer, yes: int, no: int) -> None:
     prompts varies, made orthogonal to their mean. (A random w gives the same verdict on every
     prompt: the shared end of the chat template dominates the last position.) Every greedy token
     is then YES or NO, with both on different rows and P(YES) inside (0, 1)."""
-    judge = W.Judge(graphdef, state, tok, W.JudgeConfig(template="short", max_prompt_len=256))
+    judge = scoring.Judge(
+        graphdef, state, tok, judge_prompts.JudgeConfig(template="short", max_prompt_len=256)
+    )
     rows = _rows()
     answers = ["NOYESNO", ":", "Thought process:", "42", "YES", "demand curve", "NO"]
     ps = [
@@ -174,19 +177,20 @@ def test_row_scores_belong_to_their_rows(run, tiny_dir):
     _, out = run
     rows = _jsonl(E.out_paths(out)["generations"])
     m = load_model(tiny_dir)
-    judge = W.Judge(m.graphdef, m.state, m.tokenizer,
-                    W.JudgeConfig(template="short", max_prompt_len=256, batch_size=4))  # fmt: skip
+    judge = scoring.Judge(m.graphdef, m.state, m.tokenizer,
+                    judge_prompts.JudgeConfig(template="short", max_prompt_len=256,
+                                              batch_size=4))  # fmt: skip
     cols = [[r[k] for r in rows] for k in ("question", "response", "reference")]
     want = judge.score(*cols)
     np.testing.assert_allclose([r["judge_p_yes"] for r in rows], want.p_yes, atol=1e-5)
     assert [r["greedy_binary"] for r in rows] == want.binary.astype(int).tolist()
     # Three-valued verdict per row, and its NEITHER share in the results.
-    assert [r["verdict"] for r in rows] == [W.verdict_label(v) for v in want.verdict]
+    assert [r["verdict"] for r in rows] == [scoring.verdict_label(v) for v in want.verdict]
     res, _ = run
     assert res["judge_neither_rate"] == pytest.approx(np.mean(want.verdict == -1))
     for r in rows:
-        assert r["rule_binary"] == W.rule_binary(r["response"], r["reference"])
-        assert r["rule_jaccard"] == pytest.approx(W.rule_jaccard(r["response"], r["reference"]))
+        assert r["rule_binary"] == rules.rule_binary(r["response"], r["reference"])
+        assert r["rule_jaccard"] == pytest.approx(rules.rule_jaccard(r["response"], r["reference"]))
 
 
 def test_probe_fpr_is_over_probe_rows(run):
@@ -218,7 +222,7 @@ def test_votes_are_a_majority_of_sampled_verdicts(tiny_dir, data_file, tmp_path)
         assert len(r["votes"]) == 5
         assert r["binary"] == int(sum(r["votes"]) > 2)
     # Sampled votes follow P(YES): rows with P(YES) near 0 or 1 vote (almost) unanimously.
-    v = E.judge_votes(np.array([0.0, 1.0, 0.5]), np.array([False, False, True]),
+    v = eval_rows.judge_votes(np.array([0.0, 1.0, 0.5]), np.array([False, False, True]),
                       np.array([0, 1, 1]), 64, jax.random.PRNGKey(0))[0]  # fmt: skip
     assert v[0].sum() == 0 and v[1].sum() == 64 and v[2].sum() == 0  # row 2 is an empty response
 
@@ -303,8 +307,8 @@ def test_training_evaluates_with_the_evaluation_judge(tiny_dir, data_file, tmp_p
     assert {"guard/probe_yes_rate", "judge/neither_rate", "guard/length_ratio"} <= set(recs[1])
     rows = heldout.read_rows(tmp_path / "w", 1)
     m = load_model(other)
-    jcfg = W.judge_config_for(other, "auto", max_prompt_len=256, batch_size=4)
-    want = W.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(
+    jcfg = judge_prompts.judge_config_for(other, "auto", max_prompt_len=256, batch_size=4)
+    want = scoring.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(
         [r["query"][0]["content"] for r in _rows()], [r["response"] for r in rows],
         [r["label"] for r in _rows()],
     )  # fmt: skip
@@ -326,8 +330,8 @@ def test_evaluate_defaults_to_the_evaluation_judge(tiny_dir, data_file, tmp_path
     assert res["judge_template"] == "auto"  # the evaluation judge's own prompt settings
     rows = _jsonl(E.out_paths(tmp_path / "r.json")["generations"])
     m = load_model(tiny_dir)
-    jcfg = W.JudgeConfig(template="short", max_prompt_len=256, batch_size=4)
+    jcfg = judge_prompts.JudgeConfig(template="short", max_prompt_len=256, batch_size=4)
     cols = [[r[k] for r in rows] for k in ("question", "response", "reference")]
-    want = W.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(*cols)
+    want = scoring.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(*cols)
     assert [r["reward_judge_binary"] for r in rows] == want.binary.astype(float).tolist()
     assert "reward_judge_binary" in res["table"]

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from configs import judge_eval, table1, tiny
-from rlvr_jax import builders, data, distill, experiment, heldout, stats, train
+from rlvr_jax import data, experiment, heldout, stats, train
+from rlvr_jax import run as rl_run
 from rlvr_jax.hooks import HookContext, Hooks
+from rlvr_jax.judge import distill
 from rlvr_jax.metrics import read_metrics
 
 
@@ -124,13 +126,13 @@ def test_memory_planning_does_not_distill(monkeypatch, tmp_path):
     for spec in ("distilled", "evaluation"):
         cfg = _cfg(judge__model=spec)
         cfg.policy.model = "default"
-        policy, judge = builders.model_configs(cfg)
+        policy, judge = rl_run.model_configs(cfg)
         assert judge.num_layers == policy.num_layers and judge.vocab_size == policy.vocab_size
 
 
 def test_evaluation_judge_trains_on_half_the_test_questions():
     from configs import judge_econ
-    from rlvr_jax.distill.run import load_questions
+    from rlvr_jax.judge.distill.rows import load_questions
 
     train_r, _, held_r = load_questions(judge_econ.get_config())
     train_e, val_e, held_e = load_questions(judge_eval.get_config())
@@ -192,9 +194,9 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
 def test_judge_comparison_report():
     """compare_scorers: a judge that follows the labels beats the rules and a random judge, and
     kappa between the two judges is the one agreement.cohen_kappa gives."""
-    from rlvr_jax import agreement, probes
     from rlvr_jax.data import example_from_row
-    from rlvr_jax.eval_judge import compare_scorers, summary_lines
+    from rlvr_jax.judge import agreement, probes
+    from rlvr_jax.judge.distill.quality import compare_scorers, summary_lines
 
     rows = [
         # Rephrasings share no word with the reference: the rules cannot tell them correct.

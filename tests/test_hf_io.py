@@ -16,9 +16,9 @@ from conftest import random_tokens, save_tiny_hf_dir
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from rlvr_jax.cli import convert_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_checkpoint  # noqa: E402
 
 
 def _tensors(hf_dir: Path) -> dict[str, np.ndarray]:

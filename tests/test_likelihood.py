@@ -1,5 +1,5 @@
-"""The likelihood rewards (rlvr_jax/likelihood.py): against a transformers forward by hand, the
-RLPR debiasing and filter, responses without an answer line, meshes, resume, no judge built.
+"""The likelihood rewards (rlvr_jax/judge/likelihood.py): against a transformers forward by hand,
+the RLPR debiasing and filter, responses without an answer line, meshes, resume, no judge built.
 
 The mesh check runs in one subprocess with 8 emulated CPU devices (`python
 tests/test_likelihood.py --worker`), as tests/test_mesh.py does.
@@ -18,7 +18,6 @@ import pytest
 from conftest import make_tiny_hf_model, make_tiny_hf_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 
 SYSTEM = "You are a chatbot who can solve problems."
 # (question, response, reference, the reasoning the scored text must hold, has an answer line)
@@ -75,7 +74,7 @@ def _by_hand(hf, tok, q: str, reasoning: str, ref: str, system: str = SYSTEM) ->
 
 
 def test_reward_equals_logprob_by_hand(tiny):
-    from rlvr_jax.likelihood import LikelihoodScorer
+    from rlvr_jax.judge.likelihood import LikelihoodScorer
 
     hf, m = tiny
     scorer = LikelihoodScorer(m.graphdef, m.tokenizer, batch_size=8)
@@ -98,7 +97,7 @@ def test_reward_equals_logprob_by_hand(tiny):
 
 def test_batches_and_padding_do_not_change_scores(tiny):
     """Row order, batch size (1 row per call vs all) and batch padding leave every score as is."""
-    from rlvr_jax.likelihood import LikelihoodScorer
+    from rlvr_jax.judge.likelihood import LikelihoodScorer
 
     _, m = tiny
     prompts = [m.tokenizer.chat_ids(_messages(q)) for q, *_ in ROWS]
@@ -114,7 +113,7 @@ def test_batches_and_padding_do_not_change_scores(tiny):
 
 
 def test_split_reasoning_answer_lines():
-    from rlvr_jax.likelihood import assistant_text, split_reasoning
+    from rlvr_jax.judge.likelihood import assistant_text, split_reasoning
 
     assert split_reasoning("Work.\nTherefore, the answer is 5.") == ("Work.", True)
     assert split_reasoning("a\nTHEREFORE THE ANSWER IS 5\nSo the answer is 6") == ("a", True)
@@ -133,7 +132,7 @@ def test_debiasing_and_filter_hand_made():
     """rlpr = clip(mean p - baseline p, 0, 1); the filter drops prompts with near-equal rewards."""
     import jax.numpy as jnp
 
-    from rlvr_jax.likelihood import debiased, std_filter
+    from rlvr_jax.judge.likelihood import debiased, std_filter
 
     mean_p = jnp.array([0.6, 0.2, 0.5, 0.9])
     base_p = jnp.array([0.25, 0.5, 0.5, 0.0])
@@ -149,22 +148,25 @@ def test_likelihood_rewards_build_no_judge(monkeypatch):
     (which would distil it), and the rule rewards are still scored."""
     from configs import econ
     from rlvr_jax import builders
+    from rlvr_jax import run as rl_run
+    from rlvr_jax.judge import runner, specs
 
     def no_judge(spec):
         raise AssertionError(f"resolved judge model {spec!r}")
 
-    monkeypatch.setattr(builders, "resolve_model_dir", no_judge)
+    monkeypatch.setattr(specs, "judge_model_dir", no_judge)
+    monkeypatch.setattr(specs, "judge_architecture_dir", no_judge)
     cfg = econ.get_config("smoke")
     cfg.policy.model = "synthetic"
-    for kind in builders.LIKELIHOOD_REWARDS:
+    for kind in runner.LIKELIHOOD_REWARDS:
         cfg.judge.reward = kind
-        assert builders.judge_spec(cfg) == "" and builders.model_configs(cfg)[1] is None
+        assert specs.judge_spec(cfg) == "" and rl_run.model_configs(cfg)[1] is None
         mesh = builders.build_mesh(cfg)
-        runner = builders.RewardRunner.from_config(cfg, mesh, builders.synthetic_model(cfg, mesh))
-        assert runner.judge is None and runner.likelihood is not None
-        assert set(runner.rules) == {"rule_binary", "rule_jaccard"}
+        rr = runner.RewardRunner.from_config(cfg, mesh, builders.synthetic_model(cfg, mesh))
+        assert rr.judge is None and rr.likelihood is not None
+        assert set(rr.rules) == {"rule_binary", "rule_jaccard"}
     cfg.judge.reward = "soft"
-    assert builders.judge_spec(cfg) == "distilled"
+    assert specs.judge_spec(cfg) == "distilled"
 
 
 def test_likelihood_run_builds_its_evaluation_judge_even_when_it_is_judge_model(monkeypatch):
@@ -215,8 +217,7 @@ def test_resume_equals_uninterrupted_with_likelihood_reward(tmp_path):
 
 def test_score_tool_policy_columns(tiny, tmp_path):
     """tools/score.py --policy adds likelihood and rlpr to every row, no judge needed."""
-    import score
-
+    from rlvr_jax.cli import score
     from rlvr_jax.data import DEFAULT_SYSTEM_PROMPT
     from rlvr_jax.models.model_dir import save_model
 
@@ -272,7 +273,7 @@ def test_onpolicy_report_policy_columns(tiny, tmp_path, capsys):
 
 
 def test_crossfit_threshold_hand_made():
-    from rlvr_jax.agreement import best_threshold, crossfit_binary
+    from rlvr_jax.judge.agreement import best_threshold, crossfit_binary
 
     s, y = np.array([-3.0, -2.0, -1.0, -0.5]), np.array([0, 0, 1, 1])
     assert best_threshold(s, y) == pytest.approx(-1.5)
@@ -291,7 +292,7 @@ def test_crossfit_threshold_hand_made():
 
 def test_agreement_cli_scores_columns(tmp_path, capsys):
     """judge_agreement.py --scores compares score columns (no verdict needed) in one table."""
-    import judge_agreement
+    from rlvr_jax.cli import judge_agreement
 
     rows = [{"question": f"q{i % 5}", "reference": "r", "response": f"a{i}", "correct": i % 2,
              "likelihood": -3.0 + i % 2 + 0.01 * i, "rule_binary": 1 - i % 2, "subject": "s"}
@@ -319,7 +320,7 @@ def _worker() -> dict:
 
     from rlvr_jax import mesh as mesh_lib
     from rlvr_jax import synthetic
-    from rlvr_jax.likelihood import LikelihoodScorer
+    from rlvr_jax.judge.likelihood import LikelihoodScorer
     from rlvr_jax.models.config import ModelConfig
     from rlvr_jax.models.transformer import init_model
 

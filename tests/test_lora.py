@@ -12,11 +12,11 @@ import torch
 from conftest import random_tokens, with_random_adapters
 from flax import nnx
 
-from rlvr_jax import memory, rollout, update
+from rlvr_jax import logprobs, memory, rollout, update
 from rlvr_jax.models.config import ConfigError, LoraConfig, ModelConfig
 from rlvr_jax.models.hf_io import load_hf, save_hf
-from rlvr_jax.models.lora import init_adapters, merge_adapters, split_adapters
-from rlvr_jax.models.transformer import abstract_model, forward, positions_from_mask
+from rlvr_jax.models.lora import merge_adapters, split_adapters
+from rlvr_jax.models.transformer import abstract_model, forward, init_adapters, positions_from_mask
 
 _forward = jax.jit(forward, static_argnums=0)
 
@@ -147,7 +147,7 @@ def test_one_update_trains_only_adapters_and_moves_the_sampler(qwen3):
     # ... which the trainer's forward pass reproduces to rounding.
     t2 = jnp.concatenate([after.prompt_ids, after.tokens], 1)
     a2 = jnp.concatenate([after.prompt_mask, after.mask], 1)
-    lp = update.token_logprobs(graphdef, ts.params, t2, a2, 6)
+    lp = logprobs.token_logprobs(graphdef, ts.params, t2, a2, 6)
     drift = np.abs(np.asarray(lp) - np.asarray(after.logprobs))[np.asarray(after.mask)]
     print(f"sampler/trainer drift after one update: {drift.max():.2e}")
     assert drift.max() < 1e-5

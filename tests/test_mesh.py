@@ -42,10 +42,10 @@ def _worker() -> dict:
     import jax.numpy as jnp
     import optax
 
-    from rlvr_jax import memory, mesh, rollout, update
+    from rlvr_jax import logprobs, memory, mesh, rollout, update
+    from rlvr_jax.judge.scoring import judge_scores
     from rlvr_jax.models.kv_cache import KVCache
-    from rlvr_jax.models.transformer import forward, init_model, positions_from_mask
-    from rlvr_jax.reward import judge_scores
+    from rlvr_jax.models.transformer import forward, init_model, init_sharded, positions_from_mask
 
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_cfg()
@@ -86,7 +86,7 @@ def _worker() -> dict:
     greedy0, _ = sample(state0, jax.random.PRNGKey(0), 0.0)
     full = np.concatenate([np.repeat(tokens, g, 0), greedy0], 1)
     full_mask = np.concatenate([np.repeat(amask, g, 0), np.ones_like(greedy0, bool)], 1)
-    logp_old = np.asarray(update.token_logprobs(graphdef, state0, full, full_mask, l_new))
+    logp_old = np.asarray(logprobs.token_logprobs(graphdef, state0, full, full_mask, l_new))
     adv = rng.randn(n * g, l_new).astype(np.float32)
     batch = update.Batch(full, full_mask, np.ones_like(greedy0, bool), adv, logp_old)
     ts0 = update.init_train_state(state0, optimizer, trainable, jax.random.PRNGKey(0))
@@ -115,7 +115,7 @@ def _worker() -> dict:
             warnings.simplefilter("error", mesh.ShardingWarning)  # tiny model: everything divides
             state = mesh.shard_params(host, m, mesh.TRAIN_RULES)
         if shape == BORN_SHAPE:  # one shape: the random init is slow to compile for 8 devices
-            _, born = mesh.init_sharded(cfg, m, mesh.TRAIN_RULES, seed=3)
+            _, born = init_sharded(cfg, m, mesh.TRAIN_RULES, seed=3)
             out["init_max_diff"] = max_diff(born, ref["init"])
             wanted = jax.tree.leaves(mesh.param_shardings(born, m, mesh.TRAIN_RULES))
             out["init_shardings_ok"] = [x.sharding for x in jax.tree.leaves(born)] == wanted
@@ -154,7 +154,7 @@ def _worker() -> dict:
         # Measured per-device bytes against the plan.
         plan = memory.plan_memory(cfg, run, m)
         make_cache = lambda: KVCache.init(cfg, run.rows, run.prompt_len + run.completion_len)
-        cache_sh = mesh.kv_cache_shardings(jax.eval_shape(make_cache), m)
+        cache_sh = jax.eval_shape(make_cache).shardings(m)
         cache = jax.jit(make_cache, out_shardings=cache_sh)()
         r["params"] = [plan.terms["params"], memory.measured_bytes_per_device(state)]
         r["optimizer"] = [plan.terms["optimizer"], memory.measured_bytes_per_device(opt_state)]
@@ -371,12 +371,9 @@ def test_too_big_stops_before_compiling():
 
 
 def _mesh_bench():
-    import importlib.util
+    from rlvr_jax.cli import mesh_bench
 
-    spec = importlib.util.spec_from_file_location("mesh_bench", ROOT / "tools" / "mesh_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return mesh_bench
 
 
 def test_mesh_bench_counts_collectives():

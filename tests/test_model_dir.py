@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -12,14 +11,13 @@ import numpy as np
 import pytest
 
 from rlvr_jax import checkpoint
+from rlvr_jax.cli import convert_checkpoint
 from rlvr_jax.models import default
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.model_dir import load_model, save_model
 from rlvr_jax.models.transformer import init_model
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_checkpoint  # noqa: E402
 
 CFG = ModelConfig("qwen2", 320, 64, 128, 2, 4, 1, 16, rope_theta=1e6, attention_bias=True)
 

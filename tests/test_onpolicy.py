@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from rlvr_jax import onpolicy
-from rlvr_jax.answers import answer_view
 from rlvr_jax.data import Example
-from rlvr_jax.distill import examples as E
+from rlvr_jax.judge import onpolicy
+from rlvr_jax.judge.answers import answer_view
+from rlvr_jax.judge.distill import examples as E
 
 
 def _row(i, correct, response="It is x.", split="heldout", cut=False):

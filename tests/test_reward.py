@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 from conftest import make_tiny_hf_model
 
-from rlvr_jax import reward as W
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import rules, scoring
+from rlvr_jax.judge.runner import RewardRunner
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.hf_io import state_from_tensors
 from rlvr_jax.models.transformer import abstract_model
 from rlvr_jax.tokenizer import left_pad
 
 # The byte-level tiny tokenizer has no multi-letter tokens: single letters stand in for YES / NO.
-TINY = W.JudgeConfig(
+TINY = judge_prompts.JudgeConfig(
     template="short",
     yes_spellings=("Y", " Y", "y"),
     no_spellings=("N", " N", "n"),
@@ -35,7 +37,7 @@ def jax_from_torch(model):
 def tiny(request, tiny_tokenizer):
     hf = make_tiny_hf_model(request.param, seed=3)
     graphdef, state = jax_from_torch(hf)
-    return hf, W.Judge(graphdef, state, tiny_tokenizer, TINY)
+    return hf, scoring.Judge(graphdef, state, tiny_tokenizer, TINY)
 
 
 ROWS = [
@@ -46,7 +48,7 @@ ROWS = [
 
 
 def test_paper_prompt_lines():
-    lines = W.PAPER_PROMPT.split("\n")
+    lines = judge_prompts.PAPER_PROMPT.split("\n")
     assert lines[0].startswith("Given a problem, determine whether the final answer")
     assert lines[-1] == "" and lines[-2] == "**Output:**  "  # ends with a newline
     for line in lines[:-1]:
@@ -54,32 +56,38 @@ def test_paper_prompt_lines():
             assert line.endswith("  ") and not line.endswith("   "), repr(line)
         else:
             assert line in ("", "---")
-    assert W.PAPER_PROMPT.count("{question}  \n") == 1
-    assert "{response}  \n\n**Reference Answer:**  \n{reference}  \n" in W.PAPER_PROMPT
+    assert judge_prompts.PAPER_PROMPT.count("{question}  \n") == 1
+    assert "{response}  \n\n**Reference Answer:**  \n{reference}  \n" in judge_prompts.PAPER_PROMPT
     assert len(lines) == 25  # 24 lines, each ending in a newline
 
 
 def test_last_nonempty_line():
-    assert W.last_nonempty_line("a\nb  \n\n   \n") == "b"
-    assert W.last_nonempty_line("  only  ") == "only"
-    assert W.last_nonempty_line("\n \n") == "" and W.last_nonempty_line("") == ""
+    assert rules.last_nonempty_line("a\nb  \n\n   \n") == "b"
+    assert rules.last_nonempty_line("  only  ") == "only"
+    assert rules.last_nonempty_line("\n \n") == "" and rules.last_nonempty_line("") == ""
 
 
 def test_prompt_holds_last_line_inside_chat_template(tiny_tokenizer):
-    p = W.build_judge_prompt(tiny_tokenizer, *ROWS[0], W.JudgeConfig(view="last_line"))
+    p = judge_prompts.build_judge_prompt(
+        tiny_tokenizer, *ROWS[0], judge_prompts.JudgeConfig(view="last_line")
+    )
     text = tiny_tokenizer.decode(p.ids, skip_special_tokens=False)
-    user = W.PAPER_PROMPT.format(question=ROWS[0][0], response="The answer is 4.", reference="4")
+    user = judge_prompts.PAPER_PROMPT.format(
+        question=ROWS[0][0], response="The answer is 4.", reference="4"
+    )
     assert text == (
-        f"<|im_start|>system\n{W.SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+        f"<|im_start|>system\n{judge_prompts.SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
     assert "Let me think" not in text
-    short = W.build_judge_prompt(
+    short = judge_prompts.build_judge_prompt(
         tiny_tokenizer,
         *ROWS[0],
-        W.JudgeConfig(template="short", system=None, chat_template=False, view="last_line"),
+        judge_prompts.JudgeConfig(
+            template="short", system=None, chat_template=False, view="last_line"
+        ),
     )
-    assert tiny_tokenizer.decode(short.ids) == W.SHORT_PROMPT.format(
+    assert tiny_tokenizer.decode(short.ids) == judge_prompts.SHORT_PROMPT.format(
         question=ROWS[0][0], response="The answer is 4.", reference="4"
     )
 
@@ -117,8 +125,8 @@ def test_soft_binary_normalized_formulas(tiny):
     greedy = int(judge.score_prompts(prompts[:1]).greedy[0])
     others = [t for t in range(3, 40) if t != greedy]
 
-    def rigged(yes: list[int], no: list[int]) -> W.Rewards:
-        j = W.Judge(judge.graphdef, judge.state, judge.tok, TINY)
+    def rigged(yes: list[int], no: list[int]) -> scoring.Rewards:
+        j = scoring.Judge(judge.graphdef, judge.state, judge.tok, TINY)
         j.yes_ids, j.no_ids = jnp.asarray(yes, jnp.int32), jnp.asarray(no, jnp.int32)
         return j.score_prompts(prompts[:1])
 
@@ -127,9 +135,11 @@ def test_soft_binary_normalized_formulas(tiny):
     neither = rigged(others[:2], others[2:4])
     assert (yes.verdict[0], no.verdict[0], neither.verdict[0]) == (1, 0, -1)
     # Three-valued: a first token that is neither spelling is reported as NEITHER, not as NO.
-    labels = [W.verdict_label(r.verdict[0]) for r in (yes, no, neither)]
+    labels = [scoring.verdict_label(r.verdict[0]) for r in (yes, no, neither)]
     assert labels == ["YES", "NO", "NEITHER"]
-    assert W.neither_rate(np.array([yes.verdict[0], no.verdict[0], neither.verdict[0]])) == 1 / 3
+    assert (
+        scoring.neither_rate(np.array([yes.verdict[0], no.verdict[0], neither.verdict[0]])) == 1 / 3
+    )
     assert (yes.binary[0], no.binary[0], neither.binary[0]) == (1.0, 0.0, 0.0)
     assert yes.soft[0] == pytest.approx(yes.p_yes[0], abs=1e-7)
     assert no.soft[0] == pytest.approx(1.0 - no.p_no[0], abs=1e-7)
@@ -140,15 +150,15 @@ def test_soft_binary_normalized_formulas(tiny):
 
 def test_reward_runner_reports_the_verdict_for_neither_rate(tiny):
     """The trainer logs judge/neither_rate from RewardRunner.score's judge_verdict column."""
-    from rlvr_jax import builders, data
+    from rlvr_jax import data
 
     _, judge = tiny
     rows = [data.Example(str(i), q, (), a, "s", "STEM") for i, (q, _, a) in
             enumerate(ROWS)]  # fmt: skip
-    out = builders.RewardRunner("soft", judge).score(rows, [r for _, r, _ in ROWS])
+    out = RewardRunner("soft", judge).score(rows, [r for _, r, _ in ROWS])
     want = judge.score(*zip(*ROWS, strict=True))
     np.testing.assert_array_equal(out["judge_verdict"], want.verdict)
-    assert W.neither_rate(out["judge_verdict"]) == np.mean(want.verdict == -1)
+    assert scoring.neither_rate(out["judge_verdict"]) == np.mean(want.verdict == -1)
     np.testing.assert_array_equal(out["soft"][out["judge_verdict"] == -1], 0.0)
 
 
@@ -163,18 +173,20 @@ def test_yes_bias_is_a_logit_offset_on_the_yes_spellings(tiny, tmp_path):
     prompts = judge.prompts(*zip(*ROWS, strict=True))
     base = judge.score_prompts(prompts)
     b = 1.5
-    cal = W.Judge(judge.graphdef, judge.state, judge.tok, dataclasses.replace(TINY, yes_bias=b))
+    cal = scoring.Judge(
+        judge.graphdef, judge.state, judge.tok, dataclasses.replace(TINY, yes_bias=b)
+    )
     got = cal.score_prompts(prompts)
     z = 1.0 - base.p_yes + base.p_yes * np.exp(b)
     np.testing.assert_allclose(got.p_yes, base.p_yes * np.exp(b) / z, rtol=1e-5)
     np.testing.assert_allclose(got.p_no, base.p_no / z, rtol=1e-5)
     assert not np.allclose(got.p_yes, base.p_yes)
     settings = dataclasses.replace(TINY, yes_bias=b).prompt_settings()
-    (tmp_path / W.JUDGE_FILE).write_text(json.dumps(settings))
-    assert W.judge_config_for(tmp_path).yes_bias == b
+    (tmp_path / judge_prompts.JUDGE_FILE).write_text(json.dumps(settings))
+    assert judge_prompts.judge_config_for(tmp_path).yes_bias == b
     del settings["yes_bias"]  # a file written before judges were calibrated
-    (tmp_path / W.JUDGE_FILE).write_text(json.dumps(settings))
-    assert W.judge_config_for(tmp_path).yes_bias == 0.0
+    (tmp_path / judge_prompts.JUDGE_FILE).write_text(json.dumps(settings))
+    assert judge_prompts.judge_config_for(tmp_path).yes_bias == 0.0
 
 
 def test_empty_response_gets_zero_without_failing(tiny):
@@ -192,9 +204,9 @@ def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer)
     response = "reasoning\n" + "R" * 100 + " final answer: 42"
     reference = "forty-two"
 
-    def build(budget: int) -> tuple[W.JudgePrompt, str]:
-        cfg = W.JudgeConfig(max_prompt_len=budget, view="last_line")
-        p = W.build_judge_prompt(tok, question, response, reference, cfg)
+    def build(budget: int) -> tuple[judge_prompts.JudgePrompt, str]:
+        cfg = judge_prompts.JudgeConfig(max_prompt_len=budget, view="last_line")
+        p = judge_prompts.build_judge_prompt(tok, question, response, reference, cfg)
         return p, tok.decode(p.ids, skip_special_tokens=False)
 
     full, _ = build(2048)
@@ -202,7 +214,9 @@ def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer)
     budget = len(full.ids) - 150
     p, text = build(budget)
     assert len(p.ids) <= budget and p.cut_question and not p.cut_response and not p.cut_hard
-    assert W.CUT_MARK in text and "What is the answer?" in text and text.count("Q") < 300
+    assert (
+        judge_prompts.CUT_MARK in text and "What is the answer?" in text and text.count("Q") < 300
+    )
     assert "R" * 100 + " final answer: 42" in text and f"{reference}  \n" in text
     # A budget that even a removed question does not meet: the response line is cut from the left.
     budget = len(full.ids) - 300 - 60
@@ -216,7 +230,7 @@ def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer)
 
 def test_judge_counts_cuts(tiny):
     _, judge = tiny
-    small = W.Judge(
+    small = scoring.Judge(
         judge.graphdef,
         judge.state,
         judge.tok,
@@ -227,20 +241,22 @@ def test_judge_counts_cuts(tiny):
 
 
 def test_rule_rewards():
-    assert W.rule_binary("The answer is  Paris.", "paris") == 1.0
-    assert W.rule_binary("The answer is London.", "Paris") == 0.0
-    assert W.rule_binary("", "Paris") == 0.0 and W.rule_binary("x", "") == 0.0
-    assert W.rule_jaccard("thinking\nthe answer is paris", "Paris") == pytest.approx(1 / 4)
-    assert W.rule_jaccard("", "") == 0.0
-    assert W.math_equivalent("Therefore, the answer is $\\frac{1}{2}$", "0.5") == 1.0
-    assert W.math_equivalent("Therefore, the answer is 3", "0.5") == 0.0
-    assert W.math_equivalent("", "0.5") == 0.0
+    assert rules.rule_binary("The answer is  Paris.", "paris") == 1.0
+    assert rules.rule_binary("The answer is London.", "Paris") == 0.0
+    assert rules.rule_binary("", "Paris") == 0.0 and rules.rule_binary("x", "") == 0.0
+    assert rules.rule_jaccard("thinking\nthe answer is paris", "Paris") == pytest.approx(1 / 4)
+    assert rules.rule_jaccard("", "") == 0.0
+    assert rules.math_equivalent("Therefore, the answer is $\\frac{1}{2}$", "0.5") == 1.0
+    assert rules.math_equivalent("Therefore, the answer is 3", "0.5") == 0.0
+    assert rules.math_equivalent("", "0.5") == 0.0
 
 
 def test_judge_rejects_vocab_without_yes(tiny_tokenizer):
     graphdef, state = jax_from_torch(make_tiny_hf_model("llama_tied_gqa"))
     with pytest.raises(ValueError, match="YES"):
-        W.Judge(graphdef, state, tiny_tokenizer, W.JudgeConfig())  # "YES" is 3 byte tokens here
+        scoring.Judge(
+            graphdef, state, tiny_tokenizer, judge_prompts.JudgeConfig()
+        )  # "YES" is 3 byte tokens here
 
 
 @pytest.mark.slow
@@ -252,7 +268,7 @@ def test_real_default_model_p_yes_matches_transformers(default_model_dir):
     from rlvr_jax.models.model_dir import load_model
 
     m = load_model(default_model_dir)
-    judge = W.Judge(m.graphdef, m.state, m.tokenizer)
+    judge = scoring.Judge(m.graphdef, m.state, m.tokenizer)
     prompt = judge.prompts(["What is the capital of France?"], ["It is Paris."], ["Paris"])[0]
     ours = judge.score_prompts([prompt])
     gguf = default_gguf_path()
@@ -270,12 +286,12 @@ def test_shared_prefix_path_equals_full_forward(tiny):
     prompts = judge.prompts(*zip(*ROWS, strict=True))
     lp = len(judge.prefix_ids)
     assert lp > 5 and all(p.ids[:lp] == judge.prefix_ids for p in prompts)
-    tail = W.JudgePrompt(prompts[0].ids[lp + 3 :])  # no longer starts with the prefix
+    tail = judge_prompts.JudgePrompt(prompts[0].ids[lp + 3 :])  # no longer starts with the prefix
     got = judge.score_prompts(prompts + [tail])
     seqs = [p.ids for p in prompts + [tail]]
     ids, mask = left_pad(seqs, max(map(len, seqs)), judge.tok.pad_id)
     valid = jnp.ones(len(seqs), bool)
-    full = W.judge_scores(
+    full = scoring.judge_scores(
         judge.graphdef, judge.state, ids, mask, judge.yes_ids, judge.no_ids, valid
     )
     np.testing.assert_allclose(got.p_yes, np.asarray(full.p_yes), atol=1e-6)
@@ -284,12 +300,12 @@ def test_shared_prefix_path_equals_full_forward(tiny):
 
 
 def test_judge_prompt_reads_the_committed_answer(tiny_tokenizer):
-    cfg = W.JudgeConfig(template="short", system=None, chat_template=False)
+    cfg = judge_prompts.JudgeConfig(template="short", system=None, chat_template=False)
     resp = "Let me think about supply.\nTherefore, the answer is $25.\nIt was a long road to get"
-    p = W.build_judge_prompt(tiny_tokenizer, "Q?", resp, "$25", cfg, cut=True)
+    p = judge_prompts.build_judge_prompt(tiny_tokenizer, "Q?", resp, "$25", cfg, cut=True)
     assert tiny_tokenizer.decode(p.ids).endswith("Student's final answer: $25") and not p.empty
     old = dataclasses.replace(cfg, view="last_line")
-    p = W.build_judge_prompt(tiny_tokenizer, "Q?", resp, "$25", old, cut=True)
+    p = judge_prompts.build_judge_prompt(tiny_tokenizer, "Q?", resp, "$25", old, cut=True)
     assert tiny_tokenizer.decode(p.ids).endswith(
         "Student's final answer: It was a long road to get"
     )
@@ -298,7 +314,6 @@ def test_judge_prompt_reads_the_committed_answer(tiny_tokenizer):
 def test_no_committed_answer_scores_zero_and_no(tiny):
     """A cut-off ramble that commits to nothing gets every judge reward 0 and the verdict NO,
     whatever the model would say; the reward runner reports it as no_answer."""
-    from rlvr_jax.builders import RewardRunner
     from rlvr_jax.data import Example
 
     _, judge = tiny

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlvr_jax import rollout as R
+from rlvr_jax import sampling
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.hf_io import state_from_tensors
 from rlvr_jax.models.transformer import abstract_model, forward, positions_from_mask
@@ -173,7 +174,9 @@ def test_sample_tokens_stays_in_kept_set(seed, top_k, top_p, temperature, spread
     rng = np.random.default_rng(seed)
     logits = (rng.standard_normal((16, 64)) * spread).astype(np.float32)
     sc = R.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    tok = R.sample_tokens(jnp.asarray(logits), jax.random.key(seed), sc)  # eager: no compiles
+    tok = sampling.sample_tokens(
+        jnp.asarray(logits), jax.random.key(seed), sc
+    )  # eager: no compiles
     keep = kept_set(logits / np.float32(temperature), top_k, top_p)
     assert keep[np.arange(16), np.asarray(tok)].all()
 
@@ -228,7 +231,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, sys.argv[1])
 from conftest import make_tiny_hf_model, make_tiny_hf_tokenizer
 from test_rollout import jax_from_torch, ragged_prompts
-from rlvr_jax import reward as W, rollout as R
+from rlvr_jax import rollout as R
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import scoring
 from rlvr_jax.mesh import SAMPLE_RULES, make_mesh, shard_params
 from rlvr_jax.tokenizer import Tokenizer
 
@@ -237,7 +242,7 @@ _, graphdef, state = jax_from_torch(make_tiny_hf_model("llama_tied_gqa", seed=1)
 ids, mask, _ = R.pad_prompts(ragged_prompts(4, [3, 9, 6, 12]), pad_id=0, buckets=(16,))
 sc = R.SamplingConfig(max_new_tokens=10, temperature=1.0, top_p=0.9)
 tok = Tokenizer(make_tiny_hf_tokenizer())
-jcfg = W.JudgeConfig(template="short", yes_spellings=("Y",), no_spellings=("N",),
+jcfg = judge_prompts.JudgeConfig(template="short", yes_spellings=("Y",), no_spellings=("N",),
                      max_prompt_len=128, buckets=(64, 128), batch_size=8)
 rows = [(f"question {i}?", f"so\nanswer {i}", "answer 3") for i in range(6)] + [("q", "", "a")]
 
@@ -245,7 +250,7 @@ def run(st, bs):
     stops = tuple(range(3, 60))
     ro = R.generate(graphdef, st, ids, mask, jax.random.key(7), sc, 2, stop_ids=stops,
                     batch_sharding=bs)
-    res = W.Judge(graphdef, st, tok, jcfg, batch_sharding=bs).score(*zip(*rows))
+    res = scoring.Judge(graphdef, st, tok, jcfg, batch_sharding=bs).score(*zip(*rows))
     return ro, res
 
 ro1, res1 = run(state, None)
@@ -347,7 +352,7 @@ def test_inverse_cdf_draws_match_probabilities():
     p /= p.sum()
     n = 40000
     weights = jnp.broadcast_to(jnp.asarray(p), (n, 300))
-    draws = np.asarray(R._inverse_cdf(weights, jax.random.key(0), block=64))
+    draws = np.asarray(sampling._inverse_cdf(weights, jax.random.key(0), block=64))
     freq = np.bincount(draws, minlength=300) / n
     assert (freq[p == 0] == 0).all()
     # Binomial standard error per token; 5 sigma everywhere.

@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_hf_model, make_tiny_hf_tokenizer
 
+from rlvr_jax.cli import sample, score
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.hf_io import state_from_tensors
 from rlvr_jax.models.model_dir import save_model
 from rlvr_jax.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import sample  # noqa: E402
-import score  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +132,8 @@ def test_score_uses_the_prompt_settings_stored_with_the_judge(model_dir, tmp_pat
 
     import numpy as np
 
-    from rlvr_jax import reward as W
+    from rlvr_jax.judge import prompts as judge_prompts
+    from rlvr_jax.judge import scoring
     from rlvr_jax.models.model_dir import load_model
 
     judge = tmp_path / "judge"
@@ -145,7 +144,7 @@ def test_score_uses_the_prompt_settings_stored_with_the_judge(model_dir, tmp_pat
         "chat_template": False,
         "max_prompt_len": 256,
     }
-    (judge / W.JUDGE_FILE).write_text(json.dumps(settings))
+    (judge / judge_prompts.JUDGE_FILE).write_text(json.dumps(settings))
     rows = [
         {"question": "2+2?", "reference": "4", "response": "the answer is 4"},
         {"question": "Capital of France?", "reference": "Paris", "response": "Lyon"},
@@ -159,8 +158,10 @@ def test_score_uses_the_prompt_settings_stored_with_the_judge(model_dir, tmp_pat
     paper = [r["p_yes"] for r in read_jsonl(tmp_path / "paper.jsonl")]
     m = load_model(judge)
     # A judge.json without a "view" is a judge trained on last lines, before the committed view.
-    cfg = W.JudgeConfig(**settings, view="last_line", batch_size=2, buckets=(64, 128, 256))
-    want = W.Judge(m.graphdef, m.state, m.tokenizer, cfg).score(
+    cfg = judge_prompts.JudgeConfig(
+        **settings, view="last_line", batch_size=2, buckets=(64, 128, 256)
+    )
+    want = scoring.Judge(m.graphdef, m.state, m.tokenizer, cfg).score(
         [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
     )
     np.testing.assert_allclose(auto, want.p_yes, rtol=1e-5, atol=1e-7)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rlvr_jax import data, train
+from rlvr_jax import builders, data, losses, train
 from rlvr_jax.metrics import CompileMeter, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_kill9_resume_equals_uninterrupted(tmp_path):
 
 def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
     cfg = _cfg(train__max_nonfinite=3, train__steps=10)
-    real = train.losses.compute_advantages
+    real = losses.compute_advantages
     calls: list[int] = []
 
     def nan_after_two(*args, **kwargs):
@@ -147,7 +147,7 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, monkeypatch):
         adv = real(*args, **kwargs)
         return adv * np.nan if len(calls) > 2 else adv  # steps 3.. get a NaN loss
 
-    monkeypatch.setattr(train.losses, "compute_advantages", nan_after_two)
+    monkeypatch.setattr(losses, "compute_advantages", nan_after_two)
     with pytest.raises(train.RunStopped, match="3 non-finite updates in a row at step 5"):
         train.train(cfg, tmp_path)
     recs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["step"]]  # updates only
@@ -211,7 +211,7 @@ def test_hf_export_loads_in_transformers(tmp_path):
         np.asarray(
             forward(
                 graphdef,
-                train.builders.synthetic_model(_cfg(), train.builders.build_mesh(_cfg())).state,
+                builders.synthetic_model(_cfg(), builders.build_mesh(_cfg())).state,
                 tokens,
                 np.arange(6)[None],
             )[0]

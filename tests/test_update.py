@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlvr_jax import update
+from rlvr_jax import logprobs, update
 from rlvr_jax.models import ModelConfig
 from rlvr_jax.models.transformer import abstract_model, forward, positions_from_mask
 
@@ -65,7 +65,7 @@ def batch(model):
     prompt_mask = jnp.arange(P)[None] >= jnp.array([0, 1, 2, 0, 3, 0, 1, 2])[:, None]
     mask = jnp.arange(L)[None] < jnp.array([5, 3, 1, 5, 4, 2, 5, 3])[:, None]
     attn_mask = jnp.concatenate([prompt_mask, mask], axis=1)
-    logp = jax.jit(update.token_logprobs, static_argnums=(0, 4))(
+    logp = jax.jit(logprobs.token_logprobs, static_argnums=(0, 4))(
         graphdef, params, tokens, attn_mask, L
     )
     adv = jax.random.normal(k2, (N,))[:, None] * mask
@@ -84,7 +84,7 @@ def test_logprobs_match_log_softmax_gather(model, batch):
     graphdef, params = model
     # Chunked head (2 positions at a time) at temperature 0.7 vs one full log-softmax.
     want, logsm = naive_logprobs(graphdef, params, batch.tokens, batch.attn_mask, 0.7)
-    got, ent = jax.jit(update.token_logprobs_and_entropy, static_argnums=(0, 4, 5, 6))(
+    got, ent = jax.jit(logprobs.token_logprobs_and_entropy, static_argnums=(0, 4, 5, 6))(
         graphdef, params, batch.tokens, batch.attn_mask, L, 0.7, 2
     )
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -98,7 +98,7 @@ def test_micro_batch_accumulation_equals_one_batch(model, batch):
     # Per-aggregation splitting is checked in test_losses; token_mean is the common case here.
     graphdef, params = model
     ref = fresh_copy(params)
-    logp_ref = update.make_ref_logprobs(graphdef)(ref, batch.tokens, batch.attn_mask, L) - 0.1
+    logp_ref = logprobs.make_ref_logprobs(graphdef)(ref, batch.tokens, batch.attn_mask, L) - 0.1
     b = batch.replace(logp_ref=logp_ref)
     everything = update.trainable_filter(CFG.num_layers)
     results = []
@@ -178,3 +178,39 @@ def test_schedule_warmup_cosine_floor():
     # Linear warmup to 1 over 10 steps, cosine over the next 90 down to 0.1.
     for t, want in [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.55), (100, 0.1), (150, 0.1)]:
         assert math.isclose(float(sched(t)), want, abs_tol=1e-6), (t, float(sched(t)))
+
+
+def test_step_config_fields_come_from_the_config():
+    """rl.clip_eps_high, rl.norm_len and optim.logit_chunk reach the train step; 0 means off."""
+    from configs import tiny
+    from rlvr_jax import builders
+
+    c = tiny.get_config("dr_grpo")
+    sc = builders.step_config(c, 8)
+    assert (sc.clip_eps_high, sc.norm_len, sc.logit_chunk) == (None, None, None)
+    assert sc.agg == "seq_sum" and sc.micro_batch == 8
+    c.rl.clip_eps_high, c.rl.norm_len, c.optim.logit_chunk = 0.28, 96, 2
+    sc = builders.step_config(c, 8)
+    assert (sc.clip_eps_high, sc.norm_len, sc.logit_chunk) == (0.28, 96, 2)
+
+
+def test_remat_recomputes_blocks_with_the_same_gradients(model, batch):
+    """optim.remat recomputes each block in the backward pass: the same loss and gradients."""
+    graphdef, params = model
+    keep = lambda path, x: True
+    out = [
+        jax.jit(lambda p, b, r=r: update.loss_and_grads(
+            graphdef, p, b, update.StepConfig(micro_batch=4, remat=r), keep
+        ))(params, batch)
+        for r in (False, True)
+    ]  # fmt: skip
+    (g0, m0), (g1, m1) = out
+    np.testing.assert_allclose(float(m1["loss"]), float(m0["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    from configs import tiny
+    from rlvr_jax import builders
+
+    c = tiny.get_config()
+    c.optim.remat = True
+    assert builders.step_config(c, 8).remat

@@ -53,6 +53,25 @@ def default_model_dir(quiet: bool = False) -> Path:
     return target
 
 
+# Judge names that only rlvr_jax.builders resolves: producing them runs a distillation, which the
+# model layer must never start.
+NAMED_JUDGES = ("distilled", "evaluation")
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A model spec -> its directory: "default" (the embedded model, materialised once) or a path.
+
+    A named judge ("distilled", "evaluation") is an error here: it is resolved where judge specs
+    are read (`rlvr_jax.judge.specs.judge_model_dir`), the only place that may distil one.
+    """
+    if spec in NAMED_JUDGES:
+        raise DefaultModelError(
+            f"model {spec!r} names a distilled judge: give it as a judge (judge.model, "
+            "judge.eval_model), or name its model directory"
+        )
+    return default_model_dir() if spec == "default" else Path(spec)
+
+
 def materialise_gguf(gguf: Path, target: Path, dtype: str = "float32", quiet: bool = False) -> None:
     """Convert the GGUF file into the model directory `target`, with progress on stderr.
 

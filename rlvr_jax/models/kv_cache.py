@@ -5,7 +5,9 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlvr_jax.mesh import KV_NAMES, SAMPLE_RULES, Rules, logical_sharding
 from rlvr_jax.models.config import ModelConfig
 
 
@@ -52,3 +54,14 @@ class KVCache:
 
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in (*self.k, *self.v, self.mask))
+
+    def shardings(self, mesh: Mesh, rules: Rules = SAMPLE_RULES) -> KVCache:
+        """NamedShardings for this cache (concrete or from `jax.eval_shape`): rows over the batch
+        axes, KV heads over tensor when they divide; usable as out_shardings or a constraint."""
+        kv = logical_sharding(mesh, KV_NAMES, self.k[0].shape, rules)
+        return self.replace(
+            k=(kv,) * len(self.k),
+            v=(kv,) * len(self.v),
+            mask=logical_sharding(mesh, KV_NAMES[:2], self.mask.shape, rules),
+            index=NamedSharding(mesh, PartitionSpec()),
+        )

@@ -10,7 +10,6 @@ exports merge W + (alpha / r) A B (`merge_adapters`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -96,17 +95,3 @@ def merge_adapters(cfg: ModelConfig, state: nnx.State) -> tuple[ModelConfig, nnx
             var = var.replace(value=(jnp.asarray(w, jnp.float32) + scale * delta).astype(w.dtype))
         out.append((path, var))
     return cfg.replace(lora=None), nnx.from_flat_state(out)
-
-
-def init_adapters(
-    cfg: ModelConfig, seed: int = 0, shardings_of: Callable[[Any], Any] | None = None
-) -> nnx.State:
-    """The adapters of `init_model(cfg, seed)` alone (jit drops the base weights' draws), placed
-    by `shardings_of(abstract adapters)` (e.g. the mesh rules' shardings) when given."""
-    from rlvr_jax.models.transformer import init_model
-
-    def init() -> nnx.State:
-        return split_adapters(init_model(cfg, seed)[1])[0]
-
-    shardings = shardings_of(jax.eval_shape(init)) if shardings_of is not None else None
-    return jax.jit(init, out_shardings=shardings)()

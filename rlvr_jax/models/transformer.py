@@ -12,16 +12,18 @@ the weights at every decode step, which costs about half the decode speed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.mesh import constrain_rows
+from rlvr_jax.mesh import TRAIN_RULES, Rules, constrain_rows, param_shardings
 from rlvr_jax.models.config import ModelConfig
 from rlvr_jax.models.kv_cache import KVCache
-from rlvr_jax.models.lora import LoRA, adapted
+from rlvr_jax.models.lora import LoRA, adapted, split_adapters
 from rlvr_jax.models.matmul import matmul, project
 
 _INIT_STD = 0.02
@@ -271,8 +273,12 @@ class Transformer(nnx.Module):
         attn_mask: jax.Array | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        remat: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions [N,T] int; attn_mask [N,T] (True = real token; default all real).
+
+        remat (training, no cache): each block's activations are recomputed in the backward pass
+        instead of kept, so a micro-batch holds one block's tensors plus every block's input.
 
         Without a cache: causal attention over these T tokens. With a cache: the T tokens are
         written at slots [index, index+T), attend to every earlier real slot, and the updated cache
@@ -296,7 +302,11 @@ class Transformer(nnx.Module):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i], cache.index)
-            x, (k, v) = layer(x, positions, mask, kv)
+            if remat and kv is None:
+                block = jax.checkpoint(lambda h, layer=layer: layer(h, positions, mask, None))
+                x, (k, v) = block(x)
+            else:
+                x, (k, v) = layer(x, positions, mask, kv)
             x = constrain_rows(x)
             ks.append(k)
             vs.append(v)
@@ -323,6 +333,33 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, _rngs(0))))
 
 
+def init_sharded(
+    cfg: ModelConfig, mesh: jax.sharding.Mesh, rules: Rules = TRAIN_RULES, seed: int = 0
+) -> tuple[nnx.GraphDef, nnx.State]:
+    """A random model born sharded: each device computes only its own shards of every parameter.
+
+    The same values as `jax.jit(lambda: init_model(cfg, seed)[1])()` on one device (the random
+    bits are partitionable, so they do not depend on the mesh).
+    """
+    graphdef, _ = abstract_model(cfg)
+    init = lambda: init_model(cfg, seed)[1]
+    shardings = param_shardings(jax.eval_shape(init), mesh, rules)
+    return graphdef, jax.jit(init, out_shardings=shardings)()
+
+
+def init_adapters(
+    cfg: ModelConfig, seed: int = 0, shardings_of: Callable[[Any], Any] | None = None
+) -> nnx.State:
+    """The LoRA adapters of `init_model(cfg, seed)` alone (jit drops the base weights' draws),
+    placed by `shardings_of(abstract adapters)` (e.g. the mesh rules' shardings) when given."""
+
+    def init() -> nnx.State:
+        return split_adapters(init_model(cfg, seed)[1])[0]
+
+    shardings = shardings_of(jax.eval_shape(init)) if shardings_of is not None else None
+    return jax.jit(init, out_shardings=shardings)()
+
+
 def forward(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -331,10 +368,11 @@ def forward(
     attn_mask: jax.Array | None = None,
     cache: KVCache | None = None,
     return_hidden: bool = False,
+    remat: bool = False,
 ) -> tuple[jax.Array, KVCache | None]:
     """Pure forward pass over (graphdef, state); see `Transformer.__call__` for shapes."""
     model = nnx.merge(graphdef, state)
-    return model(tokens, positions, attn_mask, cache, return_hidden)
+    return model(tokens, positions, attn_mask, cache, return_hidden, remat)
 
 
 def lm_logits(graphdef: nnx.GraphDef, state: nnx.State, hidden: jax.Array) -> jax.Array:

@@ -2,7 +2,7 @@
 
 For each of `distill.teacher_prompts` training questions the policy samples
 `distill.teacher_samples` answers (rollout.sample_prompts, the RL sampler); the teacher judge
-(reward.Judge, the RL scorer, with the paper's prompt) gives each a verdict, which becomes the
+(scoring.Judge, the RL scorer, with the paper's prompt) gives each a verdict, which becomes the
 row's label. Noisy, truncated and wrong answers are kept, as in the paper: they are what the
 distilled judge will see during RL. Meant for accelerators (a 7B-72B teacher); any model
 directory works, so the pipeline can be exercised on a CPU with a small one.
@@ -16,8 +16,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlvr_jax import builders, reward
 from rlvr_jax.data import Example
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import scoring
+from rlvr_jax.models.default import resolve_model_dir
 from rlvr_jax.models.model_dir import load_model
 from rlvr_jax.rollout import SamplingConfig, sample_prompts
 
@@ -31,10 +33,13 @@ def judge_rows(cfg: Any, questions: list[Example]) -> list[dict]:
         raise ValueError("config distill.teacher_judge: a judge model directory is required")
     rng = np.random.default_rng([int(cfg.seed), 5])
     picked = [questions[i] for i in rng.permutation(len(questions))[: int(d.teacher_prompts)]]
-    policy = load_model(builders.resolve_model_dir(str(d.teacher_policy)))
-    teacher = load_model(builders.resolve_model_dir(str(d.teacher_judge)))
-    judge = reward.Judge(
-        teacher.graphdef, teacher.state, teacher.tokenizer, reward.JudgeConfig(template="paper")
+    policy = load_model(resolve_model_dir(str(d.teacher_policy)))
+    teacher = load_model(resolve_model_dir(str(d.teacher_judge)))
+    judge = scoring.Judge(
+        teacher.graphdef,
+        teacher.state,
+        teacher.tokenizer,
+        judge_prompts.JudgeConfig(template="paper"),
     )
     sc = SamplingConfig(
         max_new_tokens=int(d.teacher_max_new_tokens),

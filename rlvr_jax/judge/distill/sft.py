@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rlvr_jax.distill import split_model as sm
+from rlvr_jax.judge.distill import split_model as sm
 
 
 @flax.struct.dataclass

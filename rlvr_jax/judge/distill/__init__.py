@@ -6,9 +6,10 @@ negatives, trains the student's top blocks on the verdict token over cached froz
 activations, evaluates it on held-out questions next to the starting model, and saves it as a
 model directory and a Hugging Face export.
 
-Modules: examples (teacher rows), prompts (judge prompts via reward.py), units (shared-prefix
-batching), split_model (the split forward pass), cache (frozen activations), sft (the train
-step), evaluation (held-out figures), teacher_judge (on-policy teacher), run (orchestration).
+Modules: examples (teacher rows), units (shared-prefix batching), split_model (the split forward
+pass), cache (frozen activations), sft (the train step), evaluation (held-out figures), quality
+(the evaluation judge's report), teacher_judge (on-policy teacher), run (orchestration); the judge
+prompts are the scorer's own (rlvr_jax/judge/prompts.py).
 
 `ensure_default_judge()` is the default judge's entry point for train/evaluate configs that say
 `judge.model = "distilled"`; `ensure_evaluation_judge()` builds the held-out evaluation's judge
@@ -18,7 +19,6 @@ configs/judge_eval.py, which also trains on part of the test questions' labelled
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -56,20 +56,10 @@ def named_judge_dir(spec: str) -> Path:
 
 
 def _load_config(config: str = CONFIG):
-    """A judge config file's default config (the configs package sits at the repo root)."""
-    from rlvr_jax.distill.run import REPO_ROOT
+    """A judge config file's default config (rlvr_jax.shipped finds it and its configs package)."""
+    from rlvr_jax.shipped import load_config
 
-    path = REPO_ROOT / config
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the judge's config is missing")
-    sys.path.insert(0, str(REPO_ROOT))
-    try:
-        spec = importlib.util.spec_from_file_location("_judge_econ_config", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    finally:
-        sys.path.remove(str(REPO_ROOT))
+    return load_config(config)
 
 
 def ensure_default_judge(quiet: bool = False) -> Path:
@@ -85,10 +75,10 @@ def ensure_default_judge(quiet: bool = False) -> Path:
 def ensure_evaluation_judge(quiet: bool = False) -> Path:
     """The evaluation judge's model directory, distilled by configs/judge_eval.py (once, then
     cached) when missing; its quality next to the reward judge's goes to quality.json in it
-    (`rlvr_jax.eval_judge.quality_report`)."""
+    (`rlvr_jax.judge.distill.quality.quality_report`)."""
     target = _ensure("evaluation", quiet)
     if not (target / "quality.json").is_file():
-        from rlvr_jax.eval_judge import quality_report
+        from rlvr_jax.judge.distill.quality import quality_report
 
         quality_report(target, ensure_default_judge(quiet), _load_config(EVALUATION_CONFIG))
     return target
@@ -121,7 +111,7 @@ def _distill_into(spec: str, target: Path, config: str, quiet: bool) -> None:
             f"minutes on 2 CPU cores; resumable) in {work}; it is cached in {target} afterwards",
             file=sys.stderr,
         )
-    from rlvr_jax.distill.run import distill
+    from rlvr_jax.judge.distill.run import distill
 
     with checkpoint.this_process_only():
         results = distill(_load_config(config), work)
@@ -131,7 +121,7 @@ def _distill_into(spec: str, target: Path, config: str, quiet: bool) -> None:
         if not (target / "config.json").is_file():  # not a concurrent finisher: a real error
             raise
     (target / "distill_results.json").write_text(json.dumps(results, indent=2, default=float))
-    shutil.rmtree(work / "activations", ignore_errors=True)  # hundreds of MB, no longer needed
+    shutil.rmtree(work / "activations", ignore_errors=True)  # hundreds of MB, read only by SFT
     if not quiet:
         print(f"rlvr_jax: {spec} judge ready in {target}", file=sys.stderr)
 
@@ -141,7 +131,7 @@ def run_in_job(cfg: Any, workdir: str | Path | None = None) -> dict:
     its own first device (distillation trains on one device) while the others wait, then every
     process returns the results of the finished run."""
     from rlvr_jax import checkpoint, multihost
-    from rlvr_jax.distill.run import distill, resolve_workdir
+    from rlvr_jax.judge.distill.run import distill, resolve_workdir
 
     def solo() -> dict:
         with checkpoint.this_process_only():

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from rlvr_jax import agreement
+from rlvr_jax.judge import agreement
 
 # (key, label, target as (comparison, value) or None)
 REPORTED = (
@@ -90,7 +90,7 @@ def quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
 def onpolicy_quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
     """The judge beside the rule rewards on labelled on-policy answers (onpolicy.quality_table),
     with which of onpolicy.TARGETS the judge meets."""
-    from rlvr_jax import onpolicy
+    from rlvr_jax.judge import onpolicy
 
     answers = [{**x, "correct": int(x["label"] == "YES")} for x in rows]
     cols = {"judge": {"soft": r["soft"], "binary": r["binary"]}, **onpolicy.rule_columns(answers)}

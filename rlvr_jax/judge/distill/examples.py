@@ -2,7 +2,7 @@
 
 A row is a dict in the judgment-file layout of probes.py / tools/score.py: {id, question,
 reference, response, label ("YES"/"NO"), subject, field, kind} plus `teacher` (who gave the label).
-Teachers (PAPER.md, "Judge distillation"; issue 6):
+Teachers (PAPER.md, "Judge distillation"):
 
 - `labelled_rows`: the data's own labels. The reference and its rephrasings are YES; the
   distractors and other questions' references are NO; all written as a policy's final line in
@@ -12,7 +12,7 @@ Teachers (PAPER.md, "Judge distillation"; issue 6):
 - `judge_rows` (distill/teacher_judge.py): a judge model labels a policy's on-policy rollouts.
 - `master_key_rows`: content-free and truncated responses (probes.PROBES) labelled NO, always
   added (arXiv 2507.08794).
-- `onpolicy_rows`: the policy's own answers with a teacher's labels (rlvr_jax/onpolicy.py): the
+- `onpolicy_rows`: the policy's own answers with a teacher's labels (judge/onpolicy.py): the
   rambling, cut-off, prose-answered responses the judge scores during RL.
 - `prose_rows` and `conflicting_rows`: the reference and a distractor stated in prose (YES / NO),
   and responses that commit to two different answers, the reference among them (NO): what the
@@ -30,9 +30,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from rlvr_jax import probes
 from rlvr_jax.data import Example
-from rlvr_jax.distill import minimal_pairs as mp
+from rlvr_jax.judge import probes
+from rlvr_jax.judge.distill import minimal_pairs as mp
 
 # Final-line forms besides probes.ANSWER_FORMS, so that the judge does not learn one phrasing
 # (the held-out rows use ANSWER_FORMS only).
@@ -57,9 +57,9 @@ _NOT_UNITS = {"thousand", "million", "billion", "trillion", "dollars", "percent"
 def surface_forms(answer: str) -> list[str]:
     """Rewrites of an answer that keep its meaning: "$25" as "25 dollars", "+4 units" as "4",
     "an inferior good" as "inferior good", "P = 20" as "20", "-1" as "-1.0", a changed first
-    letter case. The held-out errors of the distilled judge were such pairs judged different
-    (a reference "$25" against the response "25 dollars"); training on rewritten answers, YES
-    and NO alike, teaches that the surface form is not the cue. Empty when no rule applies."""
+    letter case. A judge trained on one spelling per answer judges such pairs different (a
+    reference "$25" against the response "25 dollars"); training on rewritten answers, YES and
+    NO alike, teaches that the surface form is not the cue. Empty when no rule applies."""
     a = answer.strip().rstrip(".").strip()
     out = []
     if m := re.fullmatch(rf"\$\s?({_NUM}{_SCALE})", a):
@@ -229,7 +229,7 @@ def conflicting_rows(examples: Sequence[Example], seed: int, per_question: int) 
 
 
 def onpolicy_rows(answers: Sequence[dict], repeat: int = 1) -> list[dict]:
-    """Judge rows from labelled on-policy answers (rlvr_jax/onpolicy.py rows): correct -> YES,
+    """Judge rows from labelled on-policy answers (rlvr_jax/judge/onpolicy.py rows): correct -> YES,
     else NO, kind "onpolicy", each `repeat` times (they are few next to the data's rows); the
     "cut" flag travels with the row, so that the judge reads them as the scorer will."""
     rows = []

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax.distill import split_model as sm
-from rlvr_jax.distill.units import Batch, Bucket
+from rlvr_jax.judge.distill import split_model as sm
+from rlvr_jax.judge.distill.units import Batch, Bucket
 
 Cache = list[tuple[np.ndarray, np.ndarray]]  # per bucket: (prefix [n_units,P,D], suffix [n,S,D])
 

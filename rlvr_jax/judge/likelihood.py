@@ -25,7 +25,7 @@ prefilled once into a KV cache (the G samples of a prompt share it, as in the sa
 own tokens (reasoning, answer line, reference: left-padded, so that every reference ends at the
 same slot) then attend to their prompt's cache rows; the baseline rows (answer line and reference
 only) do the same from the distinct prompts. The log-probs come from the update's own head
-read-out (`update.completion_logprobs`), on the reference's positions only.
+read-out (`logprobs.completion_logprobs`), on the reference's positions only.
 
 Shapes: U distinct prompts, N rows, P prompt length, S row suffix length, S0 baseline suffix
 length, R reference length (all padded to buckets), D model dim.
@@ -46,10 +46,13 @@ from flax import nnx
 
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax import multihost as mh
+from rlvr_jax.logprobs import completion_logprobs
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, positions_from_mask
 from rlvr_jax.tokenizer import Message, Tokenizer, left_pad
-from rlvr_jax.update import completion_logprobs
+
+# The rewards read from the scoring policy's own likelihood of the reference (config judge.reward).
+LIKELIHOOD_REWARDS = ("likelihood", "rlpr")
 
 # The answer line's lead, as the paper's system prompt words it (data.DEFAULT_SYSTEM_PROMPT).
 ANSWER_LEAD = "Therefore, the answer is"

@@ -1,12 +1,12 @@
 """Minimal pairs of a reference answer: rewrites that keep its value, near misses that change it.
 
-A judge compares a response with a reference. On held-out questions the distilled 135M judge
-fails in two ways that the data's rephrasings and distractors teach too rarely (seen on the
-validation split of session 7's error analysis): it calls equal values different when they are
-written differently ("0.25" against "1/4", "4%" against "0.04") and calls different values equal
-when they look alike ("0.25" against "-0.25", "0.7%" against "7%", "increasing returns" against
-"decreasing returns"). Training rows built from the reference itself, one value-preserving
-rewrite labelled YES and one minimal change labelled NO, put the difference in the value alone.
+A judge compares a response with a reference. A small distilled judge fails in two ways that the
+data's rephrasings and distractors teach too rarely (both show on the validation questions): it
+calls equal values different when they are written differently ("0.25" against "1/4", "4%" against
+"0.04") and calls different values equal when they look alike ("0.25" against "-0.25", "0.7%"
+against "7%", "increasing returns" against "decreasing returns"). Training rows built from the
+reference itself, one value-preserving rewrite labelled YES and one minimal change labelled NO, put
+the difference in the value alone.
 
 `equivalents(answer)` and `near_misses(answer)` are pure string functions; rules apply only to
 answers that are a number with optional sign, currency, scale word, percent sign and unit words

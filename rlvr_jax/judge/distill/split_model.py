@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rlvr_jax.judge.scoring import calibrated, verdict_probs
 from rlvr_jax.models.transformer import positions_from_mask
-from rlvr_jax.reward import calibrated, verdict_probs
 
 
 @flax.struct.dataclass

@@ -1,4 +1,5 @@
-"""One distillation run: teachers -> judge rows -> cached bottom -> SFT of the top -> evaluation.
+"""One distillation run: teachers -> judge rows (rows.py) -> cached bottom -> SFT of the top ->
+evaluation.
 
 Rerunning with the same work directory resumes: the activation caches are read back from disk,
 the SFT state from its last checkpoint, and the metrics file is cut to that step, so the run
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -22,142 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlvr_jax import builders, checkpoint, data, reward, update
+from rlvr_jax import atomic, checkpoint, update
 from rlvr_jax.cpu_meter import CpuMeter
-from rlvr_jax.distill import cache as act_cache
-from rlvr_jax.distill import evaluation, examples, prompts, sft, units
-from rlvr_jax.distill import split_model as sm
+from rlvr_jax.judge import prompts as judge_prompts
+from rlvr_jax.judge import scoring
+from rlvr_jax.judge.distill import cache as act_cache
+from rlvr_jax.judge.distill import evaluation, examples, sft, units
+from rlvr_jax.judge.distill import split_model as sm
+from rlvr_jax.judge.distill.rows import eval_rows, load_questions, onpolicy_answers, teacher_rows
 from rlvr_jax.metrics import MetricsWriter
+from rlvr_jax.models.default import resolve_model_dir
 from rlvr_jax.models.model_dir import load_model, save_model
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # In the judge's directory: its held-out and on-policy figures from the distillation itself.
 FIGURES_FILE = "heldout_figures.json"
-
-
-def resolve_source(src: str) -> str:
-    """A data source as given, or relative to the repository when it is not found from here."""
-    if src.startswith("math:") or Path(src).exists() or Path(src).is_absolute():
-        return src
-    return str(REPO_ROOT / src) if (REPO_ROOT / src).exists() else src
-
-
-def load_questions(
-    cfg: Any,
-) -> tuple[list[data.Example], list[data.Example], list[data.Example]]:
-    """(training, validation, held-out questions); any training question that is also held out is
-    dropped. distill.questions_per_source > 0 keeps the first K questions of each source.
-    Validation: distill.val_questions questions of the training source distill.val_source, drawn
-    with the seed and removed from training (they choose the judge's calibration, so that the
-    held-out test questions never choose anything)."""
-    system = str(cfg.data.system_prompt) or None
-    limit = int(cfg.distill.questions_per_source) or None
-    load = lambda src, split, lim: (
-        data.load_examples(
-            resolve_source(src),
-            split,
-            on_error=str(cfg.data.bad_rows),
-            system_prompt=system,
-            limit=lim,
-        ).examples
-    )
-    held = [ex for src in cfg.data.test for ex in load(src, "test", None)]
-    held = held[: int(cfg.distill.heldout_questions) or None]
-    # distill.test_in_train = f: a share f of the held-out questions train (their labelled
-    # answers; an evaluation judge is given the reference anyway); the rest stay held out.
-    frac, own = float(cfg.distill.get("test_in_train", 0.0)), []
-    if not 0.0 <= frac < 1.0:
-        raise ValueError(f"config distill.test_in_train: {frac} is not in [0, 1)")
-    if frac > 0:
-        rng = np.random.default_rng([int(cfg.seed), 8])
-        pick = set(rng.choice(len(held), size=int(frac * len(held)), replace=False).tolist())
-        own, held = (
-            [ex for i, ex in enumerate(held) if i in pick],
-            [ex for i, ex in enumerate(held) if i not in pick],
-        )
-    k_val, val_src = int(cfg.distill.val_questions), str(cfg.distill.val_source)
-    if k_val > 0 and val_src not in tuple(cfg.data.train):
-        raise ValueError(f"config distill.val_source: {val_src!r} is not one of data.train")
-    train, val = [], []
-    for src in cfg.data.train:
-        exs = examples.drop_heldout(load(src, "train", limit), held)
-        if k_val > 0 and src == val_src:
-            rng = np.random.default_rng([int(cfg.seed), 5])
-            pick = set(rng.choice(len(exs), size=min(k_val, len(exs) - 1), replace=False).tolist())
-            val += [ex for i, ex in enumerate(exs) if i in pick]
-            exs = [ex for i, ex in enumerate(exs) if i not in pick]
-        train += exs
-    return examples.drop_heldout(train + own, val), val, held
-
-
-def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) -> list[dict]:
-    """Training rows from the teachers named in distill.teachers, plus master-key negatives.
-    `held`: every question training must not see (validation and held-out)."""
-    d, seed = cfg.distill, int(cfg.seed)
-    rows, asked = [], list(train)
-    for t in d.teachers:
-        if t == "data":
-            rows += examples.labelled_rows(
-                train,
-                seed,
-                int(d.other_answers),
-                int(d.yes_forms),
-                float(d.surface_rate),
-                int(d.distractor_forms),
-                int(d.minimal_pairs),
-                int(d.swapped_references),
-            )
-            rows += examples.prose_rows(train, seed, int(d.get("prose_pairs", 0)))
-            rows += examples.conflicting_rows(train, seed, int(d.get("conflicting", 0)))
-        elif t == "onpolicy":
-            answers = examples.keep_questions(onpolicy_answers(cfg, "train"), train)
-            rows += examples.onpolicy_rows(answers, int(d.get("onpolicy_repeat", 1)))
-        elif t == "math":
-            src = f"math:{int(d.math_questions)}:{seed}"
-            maths = data.load_examples(src, "train", system_prompt=None).examples
-            maths = examples.drop_heldout(maths, held)
-            rows += examples.math_rows(maths, seed)
-            asked += maths
-        elif t == "judge":
-            from rlvr_jax.distill import teacher_judge
-
-            rows += teacher_judge.judge_rows(cfg, train)
-        else:
-            known = "data, math, judge, onpolicy"
-            raise ValueError(f"config distill.teachers: unknown teacher {t!r} ({known})")
-    rows += examples.master_key_rows(asked, seed, int(d.probes_per_question), list(d.probe_kinds))
-    examples.check_no_leak(rows, held)
-    return rows
-
-
-def onpolicy_answers(cfg: Any, split: str) -> list[dict]:
-    """The labelled on-policy answers of `split` from config distill.onpolicy_file ("" = none)."""
-    from rlvr_jax import onpolicy
-
-    path = str(cfg.distill.get("onpolicy_file", ""))
-    return onpolicy.load(resolve_source(path), split) if path else []
-
-
-def eval_rows(cfg: Any, held: list[data.Example]) -> list[dict]:
-    """Held-out rows; with distill.eval_probes_per_question = k > 0, k probe kinds per question
-    (drawn once from the seed) instead of every probe."""
-    rows = examples.heldout_rows(held, int(cfg.seed))
-    k = int(cfg.distill.eval_probes_per_question)
-    if k <= 0:
-        return rows
-    rng = np.random.default_rng([int(cfg.seed), 4])
-    kinds = sorted({r["kind"] for r in rows if r["kind"].startswith("probe:")})
-    kept, picks = [], {}
-    for r in rows:
-        if r["kind"].startswith("probe:"):
-            if r["question"] not in picks:
-                picks[r["question"]] = set(
-                    rng.choice(kinds, size=min(k, len(kinds)), replace=False)
-                )
-            if r["kind"] not in picks[r["question"]]:
-                continue
-        kept.append(r)
-    return kept
 
 
 @dataclasses.dataclass
@@ -172,7 +50,7 @@ class Prepared:
 
 
 def prepare(rows, tok, jcfg, cfg, drop_empty: bool) -> Prepared:
-    ids, empty = prompts.prompt_ids(tok, rows, jcfg)
+    ids, empty = judge_prompts.prompt_ids(tok, rows, jcfg)
     if drop_empty:  # the scorer forces these to 0 whatever the judge says: nothing to learn
         keep = [i for i, e in enumerate(empty) if not e]
         rows, ids, empty = [rows[i] for i in keep], [ids[i] for i in keep], [False] * len(keep)
@@ -226,15 +104,10 @@ def _scalars(figures: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in figures.items() if isinstance(v, int | float)}
 
 
-def _ckpt_dir(workdir: Path) -> Path:
-    return workdir / "checkpoints"
-
-
-def _restore_ckpt(workdir: Path, st: sft.SFTState, step: int) -> sft.SFTState:
+def _restore_ckpt(ckpts: checkpoint.StepCheckpoints, st: sft.SFTState, step: int) -> sft.SFTState:
     leaves, treedef = jax.tree.flatten(st)
     abstract = {"leaves": [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]}
-    got = checkpoint.restore_pytree(_ckpt_dir(workdir) / str(step), abstract)
-    return jax.tree.unflatten(treedef, got["leaves"])
+    return jax.tree.unflatten(treedef, ckpts.restore(step, abstract)["leaves"])
 
 
 def resolve_workdir(cfg: Any, workdir: str | Path | None = None) -> Path:
@@ -259,13 +132,13 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         return json.loads((workdir / "results.json").read_text())
     if cfg.judge.model == "distilled":
         raise ValueError("config judge.model: the starting model cannot be the distilled judge")
-    model_dir = builders.resolve_model_dir(str(cfg.judge.model))
+    model_dir = resolve_model_dir(str(cfg.judge.model))
     model = load_model(model_dir, dtype="float32")
     tok, n_layers = model.tokenizer, model.cfg.num_layers
-    jcfg = reward.judge_config_for(
+    jcfg = judge_prompts.judge_config_for(
         model_dir, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
     )
-    yes_l, no_l = prompts.verdict_ids(tok, jcfg)
+    yes_l, no_l = judge_prompts.verdict_ids(tok, jcfg)
     yes, no = sm.spelling_ids(yes_l), sm.spelling_ids(no_l)
     k = int(cfg.optim.train_layers)
     split = 0 if k < 0 or k >= n_layers else n_layers - k
@@ -339,9 +212,10 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer, float(cfg.distill.ema_decay))
     st = jax.device_put(st, jax.devices()[0])
     writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
-    first = checkpoint.latest_step(_ckpt_dir(workdir)) or 0
+    ckpts = checkpoint.StepCheckpoints(workdir, int(cfg.train.keep_ckpts))
+    first = ckpts.latest() or 0
     if first:
-        st = _restore_ckpt(workdir, st, first)
+        st = _restore_ckpt(ckpts, st, first)
         writer.truncate_after(first)
         print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
     done_here = 0
@@ -366,12 +240,7 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
                 f"rlvr_jax: after epoch {len([e for e in epoch_ends if e <= i + 1])}: " + _line(fig)
             )
         if (i + 1) % int(cfg.train.ckpt_every) == 0 or i + 1 == len(plan):
-            checkpoint.save_step(
-                _ckpt_dir(workdir),
-                i + 1,
-                {"leaves": jax.tree.leaves(st)},
-                int(cfg.train.keep_ckpts),
-            )
+            ckpts.save(i + 1, {"leaves": jax.tree.leaves(st)})
         if stop_after is not None and done_here >= stop_after and i + 1 < len(plan):
             writer.close()
             return {"stopped_at": i + 1}
@@ -427,15 +296,13 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
     md = evaluation.markdown(cols)
     if onpolicy_heldout is not None:
-        from rlvr_jax import onpolicy
+        from rlvr_jax.judge import onpolicy
 
         table = onpolicy.markdown(onpolicy_heldout)
         print(f"rlvr_jax: held-out on-policy answers\n{table}", file=sys.stderr)
         md += f"\nHeld-out on-policy answers ({len(onp.rows)}):\n\n{table}"
     (workdir / "heldout_table.md").write_text(md)
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=float) + "\n")
-    os.replace(tmp, workdir / "results.json")
+    atomic.write_json(workdir / "results.json", results)
     print(
         f"rlvr_jax: judge in {workdir / 'judge'} ({results['cpu']['wall_s']:.0f} s)",
         file=sys.stderr,
@@ -444,15 +311,14 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
 
 
 def scorer_check(model, state, jcfg, held: Prepared, rewards: dict, n: int = 8) -> dict:
-    """Score a few held-out rows with reward.Judge (a plain full forward, as RL will) and compare
+    """Score a few held-out rows with scoring.Judge (a plain full forward, as RL will) and compare
     with the cached split path: the two must agree, else training optimised the wrong quantity."""
-    from rlvr_jax import reward
 
     idx = [i for i in range(len(held.rows)) if not held.empty[i]][:: max(len(held.rows) // n, 1)][
         :n
     ]
     rows = [held.rows[i] for i in idx]
-    judge = reward.Judge(model.graphdef, state, model.tokenizer, jcfg)
+    judge = scoring.Judge(model.graphdef, state, model.tokenizer, jcfg)
     got = judge.score(
         [r["question"] for r in rows], [r["response"] for r in rows], [r["reference"] for r in rows]
     )
@@ -460,7 +326,7 @@ def scorer_check(model, state, jcfg, held: Prepared, rewards: dict, n: int = 8) 
     same = bool(np.all(got.binary == rewards["binary"][idx]))
     if diff > 1e-3 or not same:
         print(
-            f"rlvr_jax: WARNING: reward.Judge and the cached path disagree (max |dP(YES)| "
+            f"rlvr_jax: WARNING: scoring.Judge and the cached path disagree (max |dP(YES)| "
             f"{diff:.2e}, same verdicts: {same})",
             file=sys.stderr,
         )
@@ -469,12 +335,12 @@ def scorer_check(model, state, jcfg, held: Prepared, rewards: dict, n: int = 8) 
 
 def _save_judge(workdir: Path, model, state, jcfg, export_hf: bool) -> None:
     """The judge as a model directory and (optionally) a Hugging Face export, replacing any
-    partial earlier attempt; both carry the prompt settings it was trained on (reward.JUDGE_FILE),
+    partial earlier attempt; both carry the prompt settings it was trained on (prompts.JUDGE_FILE),
     which scorers use by default."""
     from rlvr_jax.models import hf_io
 
     state = jax.device_get(state)
-    extra = {reward.JUDGE_FILE: json.dumps(jcfg.prompt_settings(), indent=2) + "\n"}
+    extra = {judge_prompts.JUDGE_FILE: json.dumps(jcfg.prompt_settings(), indent=2) + "\n"}
     for name in ("judge", "judge_hf"):
         shutil.rmtree(workdir / name, ignore_errors=True)
     save_model(workdir / "judge", model.cfg, state, model.tokenizer, extra)
