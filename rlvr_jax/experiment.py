@@ -158,19 +158,13 @@ def answer_sheet(exp: Any, sweep: Path, seed: int = 0) -> list[dict]:
     step), shuffled and without the run that gave it, for independent blind labelling: rows of
     {"id", "question", "reference", "response", "cut"}; the label rows that
     `read_labels` reads need only "id", "response" and "label"."""
-    by_id: dict[str, Any] = {}
     seen: dict[tuple[str, str], dict] = {}
     for cell in exp.cells:
         for b, a in zip(*_cell_rows(exp, sweep, cell)[:2], strict=True):
             for r in b + a:
-                if "question" not in r and not by_id:  # rows written before they held the text
-                    exs = data.load_examples(list(exp.run.data.test), "test").examples
-                    by_id = {ex.id: {"question": ex.question, "reference": ex.reference}
-                             for ex in exs}  # fmt: skip
-                q = r if "question" in r else by_id[str(r["id"])]
                 seen.setdefault((str(r["id"]), str(r["response"])), {
-                    "id": str(r["id"]), "question": q["question"], "reference": q["reference"],
-                    "response": str(r["response"]), "cut": not bool(r.get("stopped", True)),
+                    "id": str(r["id"]), "question": r["question"], "reference": r["reference"],
+                    "response": str(r["response"]), "cut": not bool(r["stopped"]),
                 })  # fmt: skip
     rows = [seen[k] for k in sorted(seen)]
     order = np.random.default_rng(seed).permutation(len(rows))
