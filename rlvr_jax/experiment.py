@@ -31,6 +31,9 @@ from rlvr_jax import atomic, data, heldout, host_memory, stats, train
 from rlvr_jax.metrics import read_metrics
 
 _CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separated names).")
+_SEEDS = flags.DEFINE_string(
+    "seeds", None, "Run only these seeds of the cells (comma-separated); the report covers all."
+)
 _LABELS = flags.DEFINE_string(
     "labels", None, "JSONL of independent labels of held-out answers: {id, response, label}."
 )
@@ -74,12 +77,14 @@ def run_sweep(
     stop_after: int | None = None,
     only: Sequence[str] | None = None,
     labels: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> dict:
     """Run every unfinished (cell, seed) of `exp` under `sweep`, then write the results.
 
     stop_after: return (without results) after this many runs of this call (emulates a kill).
     only: run just these cells, none when empty (the results cover every finished cell).
     labels: a file of independent labels of held-out answers (see `read_labels`).
+    seeds: run just these seeds of each cell (None: every seed the cell names).
     Returns {"ran": [...], "skipped": [...], "failed": {...}, "results": ...}.
     """
     sweep = Path(sweep).expanduser()
@@ -93,7 +98,8 @@ def run_sweep(
     ran, skipped, failed = [], [], {}
     # Seed-major: a stopped sweep leaves whole rows of the table at its first seeds.
     todo = [(cell, seed) for cell in exp.cells for seed in cell_seeds(exp, cell)
-            if only is None or str(cell["name"]) in only]  # fmt: skip
+            if (only is None or str(cell["name"]) in only)
+            and (seeds is None or seed in seeds)]  # fmt: skip
     for cell, seed in sorted(todo, key=lambda cs: cs[1]):
         wd, tag = run_dir(sweep, cell, seed), f"{cell['name']}/seed{seed}"
         if (wd / heldout.SUMMARY).is_file():
@@ -331,7 +337,8 @@ def main(argv: list[str]) -> None:
     if _REPORT.value:
         only = []
     try:
-        out = run_sweep(exp, sweep, only=only, labels=_LABELS.value)
+        seeds = [int(s) for s in _SEEDS.value.split(",") if s] if _SEEDS.value else None
+        out = run_sweep(exp, sweep, only=only, labels=_LABELS.value, seeds=seeds)
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
