@@ -112,6 +112,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # True: each block's activations are recomputed in the backward pass instead of kept (less
     # memory per micro-batch, about one more forward pass of time; the memory plan counts it).
     c.optim.remat = False
+    # True: the update and the reference pass run each prompt once for its samples (their rows
+    # attend to its KV cache, as in the sampler) instead of once per sample: the same log-probs
+    # up to rounding, for less work. Applies when an optimizer step takes the whole rollout
+    # (rl.train_batch 0) and optim.micro_batch is a multiple of rollout.samples_per_prompt.
+    c.optim.share_prompts = True
     c.optim.train_layers = -1  # -1: all; k: only the top k blocks (+ final norm / head)
 
     # LoRA policy: train low-rank adapters on these products, every weight frozen (rank 0: off).

@@ -129,9 +129,28 @@ def build_examples(cfg: Any, split: str, limit: int | None = None) -> data.LoadR
     )
 
 
-def step_config(cfg: Any, micro_batch: int) -> update.StepConfig:
+def prompt_group(cfg: Any, train_batch: int | None = None, micro_batch: int | None = None) -> int:
+    """Rows per shared prompt in the update and the reference pass (`update.StepConfig.group`).
+
+    `optim.share_prompts` runs a prompt once for its rollout.samples_per_prompt samples; that
+    needs the step's rows in rollout order (a step over the whole rollout: train_batch None or
+    the rollout's size) and micro-batches of whole groups. Otherwise 1.
+    """
+    g = int(cfg.rollout.samples_per_prompt)
+    n = int(cfg.rollout.prompts_per_step) * g
+    if not bool(cfg.optim.get("share_prompts", True)) or g < 2:
+        return 1
+    if train_batch is not None and train_batch != n:
+        return 1
+    if micro_batch is not None and micro_batch % g:
+        return 1
+    return g
+
+
+def step_config(cfg: Any, micro_batch: int, train_batch: int | None = None) -> update.StepConfig:
     """The train step's static settings from config sections `rl` and `optim` (0 = off / the
-    default for clip_eps_high, norm_len and logit_chunk)."""
+    default for clip_eps_high, norm_len and logit_chunk); train_batch: rows per optimizer step
+    (None: the whole rollout), which decides the prompt sharing (`prompt_group`)."""
     rl = cfg.rl
     return update.StepConfig(
         micro_batch=micro_batch,
@@ -142,6 +161,7 @@ def step_config(cfg: Any, micro_batch: int) -> update.StepConfig:
         norm_len=int(rl.get("norm_len", 0)) or None,
         logit_chunk=int(cfg.optim.get("logit_chunk", 0)) or None,
         remat=bool(cfg.optim.get("remat", False)),
+        group=prompt_group(cfg, train_batch, micro_batch),
     )
 
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 
 
@@ -42,6 +43,32 @@ def _head_stats(graphdef, params, hidden, targets, temperature, with_entropy):
     return logp, ent
 
 
+def _shared_prompt_hidden(graphdef, params, tokens, attn_mask, completion_len, group, remat):
+    """Final hidden states [N,L,D] at the positions that predict the last L tokens of
+    tokens [N,T], each prompt run once for its `group` adjacent rows.
+
+    Rows g*i .. g*i+g-1 must hold the same prompt (their first T-L tokens and mask), as a
+    rollout's samples of one prompt do. The U = N/g prompts are prefilled into a KV cache, which
+    their rows' completions then attend to, as the sampler does: the prompt's activations (and, in
+    the update, their backward pass) cost 1/g of the unshared pass, and the results are the same
+    up to the rounding of the sums. The prompt's last position predicts the first completion token.
+    """
+    n, t = tokens.shape
+    p = t - completion_len
+    cfg = nnx.merge(graphdef, params).cfg  # trace time only: the model's static config
+    prompt, pmask = tokens[::group, :p], attn_mask[::group, :p]
+    cache = KVCache.init(cfg, n // group, t)
+    hp, cache = forward(
+        graphdef, params, prompt, positions_from_mask(pmask), pmask, cache, True, remat
+    )
+    comp, cmask = tokens[:, p:], attn_mask[:, p:]
+    n_prompt = jnp.repeat(pmask.sum(-1, dtype=jnp.int32), group)
+    positions = n_prompt[:, None] + positions_from_mask(cmask)
+    hc, _ = forward(graphdef, params, comp, positions, cmask, cache.repeat(group), True, remat)
+    last = jnp.repeat(hp[:, -1:], group, axis=0)
+    return jnp.concatenate([last, hc[:, :-1]], axis=1)
+
+
 def token_logprobs_and_entropy(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -52,21 +79,26 @@ def token_logprobs_and_entropy(
     logit_chunk: int | None = None,
     with_entropy: bool = True,
     remat: bool = False,
+    group: int = 1,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs [N,L] (and entropies [N,L], no gradient) of the last L tokens of tokens [N,T].
 
     One forward pass to hidden states; the vocabulary projection runs only at the T-L..T-2
     positions that predict completion tokens (optionally in chunks of logit_chunk positions).
     Positions come from `positions_from_mask(attn_mask)`, as in the sampler. remat: recompute
-    each block's activations in the backward pass (`Transformer.__call__`).
+    each block's activations in the backward pass (`Transformer.__call__`). group > 1: every
+    `group` adjacent rows share one prompt, which runs once (`_shared_prompt_hidden`).
     """
     n, t = tokens.shape
     big_l = completion_len
-    positions = positions_from_mask(attn_mask)
-    hidden, _ = forward(
-        graphdef, params, tokens, positions, attn_mask, return_hidden=True, remat=remat
-    )
-    h = hidden[:, t - big_l - 1 : t - 1]
+    if group > 1:
+        h = _shared_prompt_hidden(graphdef, params, tokens, attn_mask, big_l, group, remat)
+    else:
+        positions = positions_from_mask(attn_mask)
+        hidden, _ = forward(
+            graphdef, params, tokens, positions, attn_mask, return_hidden=True, remat=remat
+        )
+        h = hidden[:, t - big_l - 1 : t - 1]
     targets = tokens[:, t - big_l :]
     stats = lambda hh, tt: _head_stats(graphdef, params, hh, tt, temperature, with_entropy)
     if logit_chunk is None or logit_chunk >= big_l:
@@ -89,10 +121,13 @@ def token_logprobs(
     completion_len: int,
     temperature: float = 1.0,
     logit_chunk: int | None = None,
+    group: int = 1,
 ) -> jax.Array:
-    """Log-probs [N,L] of the completion tokens (the last L of tokens [N,T])."""
+    """Log-probs [N,L] of the completion tokens (the last L of tokens [N,T]); group: see
+    `token_logprobs_and_entropy`."""
     return token_logprobs_and_entropy(
-        graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk, False
+        graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk, False,
+        group=group,
     )[0]
 
 
@@ -114,18 +149,23 @@ def completion_logprobs(
 
 
 def make_ref_logprobs(
-    graphdef: nnx.GraphDef, temperature: float = 1.0, logit_chunk: int | None = None
+    graphdef: nnx.GraphDef,
+    temperature: float = 1.0,
+    logit_chunk: int | None = None,
+    group: int = 1,
 ) -> Callable[[nnx.State, jax.Array, jax.Array, int], jax.Array]:
     """Jitted `(ref_params, tokens [N,T], attn_mask [N,T], L) -> logp_ref [N,L]`, no gradient.
 
     ref_params is the frozen initial policy: a copy of the params before the first update, or,
     for a LoRA policy, its base weights (`lora.split_adapters`) under the base model's graphdef.
+    group > 1: rows come in groups of that many adjacent rows with one prompt, run once per group.
     """
 
     def ref(params, tokens, attn_mask, completion_len):
+        g = group if tokens.shape[0] % group == 0 else 1
         return jax.lax.stop_gradient(
             token_logprobs(
-                graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk
+                graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk, g
             )
         )
 

@@ -184,7 +184,7 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
     state = update.init_train_state(
         policy.state, optimizer, trainable, jax.random.PRNGKey(cfg.seed)
     )
-    step_cfg = builders.step_config(cfg, micro)
+    step_cfg = builders.step_config(cfg, micro, train_batch)
     # Pinning the state's layout keeps one compiled step: the donated output state then has
     # exactly the input's shardings, so the second call does not compile again.
     state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
@@ -208,7 +208,7 @@ def build(cfg: Any, workdir: Path, mesh_flag: str | None = None) -> tuple[Run, u
         train_it=train_it,
         test_examples=test_ex,
         train_step=train_step,
-        ref_logprobs=make_ref_logprobs(ref_graphdef),
+        ref_logprobs=make_ref_logprobs(ref_graphdef, group=builders.prompt_group(cfg)),
         step_cfg=step_cfg,
         train_batch=train_batch,
         evals=heldout.eval_rewards(cfg, mesh, policy, rewards),

@@ -75,6 +75,9 @@ class StepConfig:
     vocabulary projection for this many completion positions at a time, rematerialised in the
     backward pass (saves [N,L,V] memory at the cost of recomputing the head; None = all at once).
     remat: recompute each block's activations in the backward pass (memory.RunShape.remat).
+    group: every `group` adjacent rows of a batch share one prompt, which the forward pass runs
+    once (`logprobs.token_logprobs_and_entropy`); micro-batches then hold whole groups, so
+    micro_batch must be a multiple of it. 1: every row's prompt runs on its own.
     """
 
     micro_batch: int
@@ -87,6 +90,7 @@ class StepConfig:
     logit_chunk: int | None = None
     with_entropy: bool = True
     remat: bool = False
+    group: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +202,9 @@ def loss_and_grads(
     n, big_l = batch.mask.shape
     if n % cfg.micro_batch:
         raise ValueError(f"batch of {n} rows is not a multiple of micro_batch={cfg.micro_batch}")
+    g = cfg.group
+    if cfg.micro_batch % g:
+        raise ValueError(f"micro_batch={cfg.micro_batch} is not a multiple of group={g}")
     k = n // cfg.micro_batch
     train_p, frozen_p = split_trainable(params, trainable)
     num_tokens = jnp.maximum(batch.mask.astype(jnp.float32).sum(), 1.0)
@@ -214,6 +221,7 @@ def loss_and_grads(
             cfg.logit_chunk,
             cfg.with_entropy,
             cfg.remat,
+            g,
         )
         loss, met = losses.policy_loss(
             logp,
@@ -240,11 +248,14 @@ def loss_and_grads(
         grads, (met, drift) = grad_fn(train_p, batch)
         return grads, dict(met, logp_drift=drift)
 
-    # Micro-batch j takes rows j, j+k, j+2k, ...: when rows are sharded over devices in
-    # contiguous blocks, every micro-batch stays spread over all devices with no data movement.
-    micro_batches = jax.tree.map(
-        lambda x: x.reshape(cfg.micro_batch, k, *x.shape[1:]).swapaxes(0, 1), batch
-    )
+    # Micro-batch j takes groups j, j+k, j+2k, ... (rows, with group 1): when rows are sharded
+    # over devices in contiguous blocks, every micro-batch stays spread over all devices with no
+    # data movement, and a prompt's rows stay together.
+    def split(x):
+        x = x.reshape(cfg.micro_batch // g, k, g, *x.shape[1:]).swapaxes(0, 1)
+        return x.reshape(k, cfg.micro_batch, *x.shape[3:])
+
+    micro_batches = jax.tree.map(split, batch)
 
     def body(carry, mb):
         g_acc, met_acc, drift_acc = carry

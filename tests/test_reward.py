@@ -196,6 +196,17 @@ def test_empty_response_gets_zero_without_failing(tiny):
     for field in (r.binary, r.soft, r.soft_normalized):
         assert field[0] == 0.0 and field[2] == 0.0
     assert r.p_yes[1] > 0 and np.isfinite(r.p_yes).all()
+    # Never shown to the judge: a sure NO, and only the one real row reaches the model.
+    assert r.p_yes[0] == r.p_yes[2] == 0.0 and r.p_no[0] == r.p_no[2] == 1.0
+    assert r.greedy[0] == int(judge.no_ids[0]) and r.verdict[0] == 0
+    seen = []
+    real = judge._score_batch
+    judge._score_batch = lambda rows, lp: seen.append(len(rows)) or real(rows, lp)
+    try:
+        judge.score(["Q1", "Q2", "Q3"], ["", "answer", " \n\n"], ["a", "answer", "b"])
+    finally:
+        del judge._score_batch
+    assert seen == [1]
 
 
 def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer):

@@ -228,11 +228,16 @@ class Judge:
         only a prompt's tail) go through `judge_scores_shared_prefix`, the rest through
         `judge_scores`. Rows are sorted by length so that a batch pads to its own longest row;
         results come back in input order. `progress(k)` is called after each batch of k rows.
+        Empty prompts (the response commits to nothing) never reach the model: they read as a
+        sure NO (p_yes 0, p_no 1, the first NO spelling as the greedy token, every reward 0).
         """
         prefix = self.prefix_ids
         lp = len(prefix)
         shared = [lp > 0 and len(p.ids) > lp and p.ids[:lp] == prefix for p in prompts]
-        groups = [[i for i in range(len(prompts)) if shared[i] == s] for s in (True, False)]
+        groups = [
+            [i for i in range(len(prompts)) if shared[i] == s and not prompts[i].empty]
+            for s in (True, False)
+        ]
         parts: list[tuple[list[int], JudgeScores]] = []
         for use_prefix, group in zip((True, False), groups, strict=True):
             group.sort(key=lambda i: len(prompts[i].ids))
@@ -249,7 +254,10 @@ class Judge:
             for k in cols:
                 cols[k][idx] = getattr(out, k)
         empty = np.array([p.empty for p in prompts], bool)
-        cols["verdict"][empty] = 0  # nothing committed is a NO, whatever the padded row gave
+        if progress is not None and empty.any():
+            progress(int(empty.sum()))
+        cols["p_no"][empty] = 1.0
+        cols["greedy"][empty] = int(self.no_ids[0])
         return Rewards(
             **cols,
             empty=empty,

@@ -277,8 +277,8 @@ class Transformer(nnx.Module):
     ) -> tuple[jax.Array, KVCache | None]:
         """tokens, positions [N,T] int; attn_mask [N,T] (True = real token; default all real).
 
-        remat (training, no cache): each block's activations are recomputed in the backward pass
-        instead of kept, so a micro-batch holds one block's tensors plus every block's input.
+        remat (training): each block's activations are recomputed in the backward pass instead of
+        kept, so a micro-batch holds one block's tensors plus every block's input.
 
         Without a cache: causal attention over these T tokens. With a cache: the T tokens are
         written at slots [index, index+T), attend to every earlier real slot, and the updated cache
@@ -302,8 +302,8 @@ class Transformer(nnx.Module):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i], cache.index)
-            if remat and kv is None:
-                block = jax.checkpoint(lambda h, layer=layer: layer(h, positions, mask, None))
+            if remat:
+                block = jax.checkpoint(lambda h, layer=layer, kv=kv: layer(h, positions, mask, kv))
                 x, (k, v) = block(x)
             else:
                 x, (k, v) = layer(x, positions, mask, kv)
