@@ -44,7 +44,8 @@ _ANSWERS = flags.DEFINE_string(
     "answers",
     None,
     "Write the finished runs' distinct held-out answers (shuffled, without "
-    "their run) to this JSONL file for blind labelling, and run nothing.",
+    "their run; with --labels, those it lacks) to this JSONL file for blind "
+    "labelling, and run nothing.",
 )
 
 
@@ -159,15 +160,18 @@ def read_labels(path: str | Path) -> dict[tuple[str, str], float]:
     return out
 
 
-def answer_sheet(exp: Any, sweep: Path, seed: int = 0) -> list[dict]:
+def answer_sheet(exp: Any, sweep: Path, seed: int = 0, labelled: dict | None = None) -> list[dict]:
     """Every distinct held-out answer of the finished runs (step 0 and each run's last evaluated
     step), shuffled and without the run that gave it, for independent blind labelling: rows of
     {"id", "question", "reference", "response", "cut"}; the label rows that
-    `read_labels` reads need only "id", "response" and "label"."""
+    `read_labels` reads need only "id", "response" and "label". labelled (`read_labels`): leave
+    out the answers it has, so that a grown sweep's new answers alone go to the readers."""
     seen: dict[tuple[str, str], dict] = {}
     for cell in exp.cells:
         for b, a in zip(*_cell_rows(exp, sweep, cell)[:2], strict=True):
             for r in b + a:
+                if labelled is not None and (str(r["id"]), str(r["response"])) in labelled:
+                    continue
                 seen.setdefault((str(r["id"]), str(r["response"])), {
                     "id": str(r["id"]), "question": r["question"], "reference": r["reference"],
                     "response": str(r["response"]), "cut": not bool(r["stopped"]),
@@ -330,7 +334,9 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     only = [c for c in _CELLS.value.split(",") if c] if _CELLS.value else None
     if _ANSWERS.value:
-        rows = answer_sheet(exp, sweep)
+        rows = answer_sheet(
+            exp, sweep, labelled=read_labels(_LABELS.value) if _LABELS.value else None
+        )
         atomic.write_text(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
         print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
         return

@@ -186,6 +186,13 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     keys = {(r["id"], r["response"]) for r in labels}
     assert {(r["id"], r["response"]) for r in sheet} == keys and len(sheet) == len(keys)
     assert all(r["reference"] and r["question"] for r in sheet)
+    some = {k: 1.0 for k in sorted(keys)[: len(keys) // 2]}
+    rest = experiment.answer_sheet(exp, tmp_path, labelled=some)
+    assert {(r["id"], r["response"]) for r in rest} == keys - set(some)
+    # --seeds: a seed no cell runs runs nothing, and the report still covers every finished run.
+    again = experiment.run_sweep(exp, tmp_path, only=["rloo_rule_binary", "sft"], seeds=[5])
+    assert again["ran"] == [] and again["skipped"] == [] and set(again["results"]["cells"]) == {
+        "sft", "rloo_rule_binary"}  # fmt: skip
     path.write_text('{"id": "q"}\n')
     with pytest.raises(data.DataError, match="labels.jsonl:1"):
         experiment.read_labels(path)
