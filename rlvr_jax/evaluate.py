@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rlvr_jax import atomic, builders, checkpoint, data, multihost
+from rlvr_jax import atomic, builders, checkpoint, data, multihost, shipped
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.eval_rows import (
     QA,
@@ -301,7 +301,7 @@ def define_flags() -> dict[str, Any]:
     """The command-line flags. Defined only when run as a program: train.py defines --config too,
     and absl refuses a flag defined twice in one process (e.g. a test session importing both)."""
     return {
-        "config": config_flags.DEFINE_config_file("config", None, "Run config (a Python file)."),
+        "config": shipped.define_config_flag("config", "Run config (a Python file)."),
         "model": flags.DEFINE_string("model", None, 'Policy model directory or "default".'),
         "judge": flags.DEFINE_string(
             "judge",
