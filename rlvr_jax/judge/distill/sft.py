@@ -112,7 +112,7 @@ def make_train_step(
             return optax.apply_updates(params, updates), opt_state
 
         (params, opt_state), ok, gnorm = finite.apply_if_finite(
-            loss, grads, apply, lambda p_o: p_o, (st.params, st.opt_state)
+            loss, grads, apply, lambda unchanged: unchanged, (st.params, st.opt_state)
         )
         ema = st.ema
         if ema is not None:
