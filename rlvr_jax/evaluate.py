@@ -136,6 +136,64 @@ def resolve_judges(cfg: Any, model: str | None, judge: str | None) -> tuple[Any,
     return cfg, reward_cfg, compare
 
 
+def run_settings(
+    cfg: Any, reward_cfg: Any | None, split: str, report: data.LoadReport, votes: int, sc: Any
+) -> dict:
+    """What the results were made with: config, split, policy, judges (the reward judge's when
+    it is compared, `reward_cfg`), the questions (`report`), votes and the sampling settings."""
+    has_judge = bool(str(cfg.judge.model))
+    return {
+        "config": str(cfg.name),
+        "split": split,
+        "model": str(cfg.policy.model),
+        "judge": str(cfg.judge.model) or None,
+        "reward_judge": str(reward_cfg.judge.model) if reward_cfg is not None else None,
+        "judge_template": str(cfg.judge.template) if has_judge else None,
+        "n_questions": len(report.examples),
+        "data_source": report.source,
+        "votes": votes,
+        "vote_rule": (
+            "greedy verdict"
+            if votes == 1
+            else f"majority of {votes} verdicts sampled at temperature 1 (tie = NO)"
+        ),
+        "sampling": dict(
+            greedy=sc.greedy,
+            temperature=sc.temperature,
+            top_k=sc.top_k,
+            top_p=sc.top_p,
+            max_new_tokens=sc.max_new_tokens,
+            seed=int(cfg.seed),
+        ),
+    }
+
+
+def judge_responses(
+    rewards: Any,
+    reward_runner: Any,
+    examples,
+    comps,
+    chunk: int,
+    has_judge: bool,
+    votes: int,
+    vote_key: jax.Array,
+    bar_kw: dict,
+) -> tuple[dict, dict]:
+    """(scores, judged): every reward of each answer (`rewards`, `chunk` rows per call), with
+    the reward judge's binary and soft columns when `reward_runner` is given; with a judge model,
+    judged holds the `votes` judge verdicts per answer and their majority (else it is empty)."""
+    qa = [QA(ex.question, ex.reference) for ex in examples]
+    responses = [c.text for c in comps]
+    with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
+        scores = score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
+    judged = judged_columns(scores, responses, votes, vote_key) if has_judge else {}
+    if reward_runner is not None:  # the reward judge on the same answers
+        with tqdm(total=len(examples), desc="reward judge", unit="row", **bar_kw) as bar:
+            rs = score_rows(reward_runner, qa, responses, chunk, bar)
+        scores["reward_judge_binary"], scores["reward_judge_soft"] = rs["binary"], rs["soft"]
+    return scores, judged
+
+
 def answer_rows(examples, comps, scores: dict, judged: dict, rules: Sequence[str]) -> list[dict]:
     """One row per question (the generations file): the question, the policy's answer, and every
     score of it; the judge's columns only when `judged` holds the judge's verdicts."""
@@ -219,20 +277,14 @@ def evaluate(
     sc = builders.sampling_config(cfg, greedy=greedy)
     with tqdm(total=len(examples), desc="generate", unit="q", **bar_kw) as bar:
         comps, cut = generate_responses(cfg, policy, examples, sc, batch_size, mesh, bar.update)
-    responses = [c.text for c in comps]
     t_gen = time.perf_counter()
 
-    qa = [QA(ex.question, ex.reference) for ex in examples]
-    chunk = int(cfg.judge.batch_size)
-    with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
-        scores = score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
     vote_key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003)
-    judged = judged_columns(scores, responses, votes, vote_key) if has_judge else {}
-    if compare:  # the reward judge on the same answers
-        reward_runner = runner.RewardRunner.from_config(reward_cfg, mesh, policy)
-        with tqdm(total=len(examples), desc="reward judge", unit="row", **bar_kw) as bar:
-            rs = score_rows(reward_runner, qa, responses, chunk, bar)
-        scores["reward_judge_binary"], scores["reward_judge_soft"] = rs["binary"], rs["soft"]
+    reward_runner = runner.RewardRunner.from_config(reward_cfg, mesh, policy) if compare else None
+    chunk = int(cfg.judge.batch_size)
+    scores, judged = judge_responses(
+        rewards, reward_runner, examples, comps, chunk, has_judge, votes, vote_key, bar_kw
+    )
     t_judge = time.perf_counter()
 
     rows = answer_rows(examples, comps, scores, judged, rewards.rules)
@@ -247,28 +299,7 @@ def evaluate(
     t_end = time.perf_counter()
 
     results = {
-        "config": str(cfg.name),
-        "split": split,
-        "model": str(cfg.policy.model),
-        "judge": str(cfg.judge.model) or None,
-        "reward_judge": str(reward_cfg.judge.model) if compare else None,
-        "judge_template": str(cfg.judge.template) if has_judge else None,
-        "n_questions": len(examples),
-        "data_source": report.source,
-        "votes": votes,
-        "vote_rule": (
-            "greedy verdict"
-            if votes == 1
-            else f"majority of {votes} verdicts sampled at temperature 1 (tie = NO)"
-        ),
-        "sampling": dict(
-            greedy=sc.greedy,
-            temperature=sc.temperature,
-            top_k=sc.top_k,
-            top_p=sc.top_p,
-            max_new_tokens=sc.max_new_tokens,
-            seed=int(cfg.seed),
-        ),
+        **run_settings(cfg, reward_cfg if compare else None, split, report, votes, sc),
         "accuracy": acc,
         # Answers that commit to nothing (answers.answer_view): every judge reward 0.
         "no_answer_rate": float(np.mean(scores["no_answer"])),
