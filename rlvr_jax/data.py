@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rlvr_jax import shipped
+
 Message = dict[str, str]
 OnError = Literal["error", "skip"]
 
@@ -143,10 +145,14 @@ def read_rows(
     `source`: a .jsonl/.json/.parquet file (the split is ignored), a `save_to_disk` folder (Dataset
     or DatasetDict), or a folder holding the split's files (see `_split_files`). Parquet and
     save_to_disk go through `datasets` (whose Arrow cache goes to `cache_dir` or its default).
+    A relative path missing from the working directory is looked up in the checkout
+    (`shipped.locate`: "data/economics/train.jsonl" from any directory).
     """
     import datasets  # heavy; only needed here
 
     path = Path(source)
+    if not path.exists() and not path.is_absolute():
+        path = shipped.locate(path) or path
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json")):

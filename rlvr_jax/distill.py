@@ -8,9 +8,8 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from rlvr_jax import checkpoint, data, host_memory
+from rlvr_jax import checkpoint, data, host_memory, shipped
 from rlvr_jax.judge.distill.examples import LeakError
 from rlvr_jax.models.config import ConfigError
 
@@ -19,9 +18,7 @@ def define_flags() -> dict:
     """The command's flags, defined only when it runs: importing this module defines none, so it
     never clashes with another command's --config."""
     return {
-        "config": config_flags.DEFINE_config_file(
-            "config", None, "Distillation config (a Python file)."
-        ),
+        "config": shipped.define_config_flag("config", "Distillation config (a Python file)."),
         "workdir": flags.DEFINE_string(
             "workdir", None, "Run directory (default: runs/<config name>)."
         ),

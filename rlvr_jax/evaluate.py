@@ -39,7 +39,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from rlvr_jax import atomic, builders, checkpoint, data, multihost
+from rlvr_jax import atomic, builders, checkpoint, data, multihost, shipped
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax.eval_rows import (
     QA,
@@ -94,6 +94,150 @@ def _write_outputs(out: str | Path, results: dict, rows: list, probe_rows: list)
     atomic.write_text(paths["results"], json.dumps(results, indent=2) + "\n")
 
 
+def check_args(votes: int, batch_size: int, limit: int | None, probe_kinds) -> None:
+    """EvalError for a bad command-line value, before anything is loaded."""
+    if votes < 1:
+        raise EvalError(f"--votes must be >= 1, got {votes}")
+    if batch_size < 1:
+        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {limit}")
+    unknown = sorted(set(probe_kinds or ()) - set(probes.PROBES))
+    if unknown:
+        known = ", ".join(probes.PROBES)
+        raise EvalError(f"--probes: unknown probe {unknown[0]!r} (known: {known})")
+
+
+def resolve_judges(cfg: Any, model: str | None, judge: str | None) -> tuple[Any, Any, bool]:
+    """(the evaluation's config, the reward's config, compare): which policy answers and which
+    judge scores. The evaluation judge (judge.eval_model) scores by default; compare is True when
+    it is not the reward judge, whose figures then sit beside its own. Evaluation optimises
+    nothing: without a judge model the rule reward scores, and a likelihood reward is replaced by
+    the judge's soft reward (or the rule without a judge)."""
+    cfg = cfg.copy_and_resolve_references()
+    if model is not None:
+        cfg.policy.model = model
+    reward_cfg = cfg.copy_and_resolve_references()
+    if judge is None and str(cfg.judge.eval_model):
+        judge = str(cfg.judge.eval_model)
+    compare = judge == "evaluation" or (judge is not None and judge == str(cfg.judge.eval_model))
+    compare = compare and str(reward_cfg.judge.model) not in ("", judge)
+    if judge is not None:
+        cfg.judge.model = judge
+        if compare:
+            cfg.judge.template = "auto"  # the evaluation judge's own prompt settings
+    _check_model_spec(str(cfg.policy.model), "--model")
+    _check_model_spec(str(cfg.judge.model), "--judge")
+    has_judge = bool(str(cfg.judge.model))
+    if not has_judge and cfg.judge.reward in runner.JUDGE_REWARDS:
+        cfg.judge.reward = "rule_binary"
+    if cfg.judge.reward in runner.LIKELIHOOD_REWARDS:
+        cfg.judge.reward = "soft" if has_judge else "rule_binary"
+    return cfg, reward_cfg, compare
+
+
+def run_settings(
+    cfg: Any, reward_cfg: Any | None, split: str, report: data.LoadReport, votes: int, sc: Any
+) -> dict:
+    """What the results were made with: config, split, policy, judges (the reward judge's when
+    it is compared, `reward_cfg`), the questions (`report`), votes and the sampling settings."""
+    has_judge = bool(str(cfg.judge.model))
+    return {
+        "config": str(cfg.name),
+        "split": split,
+        "model": str(cfg.policy.model),
+        "judge": str(cfg.judge.model) or None,
+        "reward_judge": str(reward_cfg.judge.model) if reward_cfg is not None else None,
+        "judge_template": str(cfg.judge.template) if has_judge else None,
+        "n_questions": len(report.examples),
+        "data_source": report.source,
+        "votes": votes,
+        "vote_rule": (
+            "greedy verdict"
+            if votes == 1
+            else f"majority of {votes} verdicts sampled at temperature 1 (tie = NO)"
+        ),
+        "sampling": dict(
+            greedy=sc.greedy,
+            temperature=sc.temperature,
+            top_k=sc.top_k,
+            top_p=sc.top_p,
+            max_new_tokens=sc.max_new_tokens,
+            seed=int(cfg.seed),
+        ),
+    }
+
+
+def judge_responses(
+    rewards: Any,
+    reward_runner: Any,
+    examples,
+    comps,
+    chunk: int,
+    has_judge: bool,
+    votes: int,
+    vote_key: jax.Array,
+    bar_kw: dict,
+) -> tuple[dict, dict]:
+    """(scores, judged): every reward of each answer (`rewards`, `chunk` rows per call), with
+    the reward judge's binary and soft columns when `reward_runner` is given; with a judge model,
+    judged holds the `votes` judge verdicts per answer and their majority (else it is empty)."""
+    qa = [QA(ex.question, ex.reference) for ex in examples]
+    responses = [c.text for c in comps]
+    with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
+        scores = score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
+    judged = judged_columns(scores, responses, votes, vote_key) if has_judge else {}
+    if reward_runner is not None:  # the reward judge on the same answers
+        with tqdm(total=len(examples), desc="reward judge", unit="row", **bar_kw) as bar:
+            rs = score_rows(reward_runner, qa, responses, chunk, bar)
+        scores["reward_judge_binary"], scores["reward_judge_soft"] = rs["binary"], rs["soft"]
+    return scores, judged
+
+
+def answer_rows(examples, comps, scores: dict, judged: dict, rules: Sequence[str]) -> list[dict]:
+    """One row per question (the generations file): the question, the policy's answer, and every
+    score of it; the judge's columns only when `judged` holds the judge's verdicts."""
+    rows = []
+    for i, (ex, c) in enumerate(zip(examples, comps, strict=True)):
+        row = dict(id=ex.id, subject=ex.subject, field=ex.field, question=ex.question,
+                   reference=ex.reference, response=c.text, stopped=c.stopped,
+                   response_tokens=len(c.ids),
+                   no_answer=int(scores["no_answer"][i]))  # fmt: skip
+        if judged:
+            row.update(
+                binary=int(judged["binary"][i]),
+                votes=judged["votes"][i].tolist(),
+                greedy_binary=int(judged["greedy_binary"][i]),
+                verdict=scoring.verdict_label(scores["judge_verdict"][i]),  # greedy: YES/NO/NEITHER
+            )
+            for k in ("soft", "soft_normalized", "judge_p_yes"):
+                row[k] = json_scalar(scores[k][i])
+        for k in (*rules, "reward_judge_binary", "reward_judge_soft"):
+            if k in scores:
+                row[k] = json_scalar(scores[k][i])
+        rows.append(row)
+    return rows
+
+
+def summary_table(results: dict, keys: Sequence[str], has_judge: bool) -> str:
+    """The markdown report: accuracy by group of each score in `keys`, then the probes' false
+    positives, the judge's NEITHER rate and the wall time."""
+    table = agreement.markdown_table(results["accuracy"], keys)
+    probe_res = results["probes"]
+    if probe_res is not None:
+        table += (
+            f"\nMaster-key probes: judge false-positive rate {100 * probe_res['fpr']:.1f}% "
+            f"over {probe_res['n']} probe rows (votes={results['votes']}).\n"
+        )
+    if has_judge:
+        table += (
+            f"\nJudge verdict NEITHER (first token neither YES nor NO, scored 0) on "
+            f"{100 * results['judge_neither_rate']:.1f}% of responses.\n"
+        )
+    n = results["n_questions"]
+    return table + f"\nWall time {results['wall_time_s']:.1f} s ({n} questions).\n"
+
+
 def evaluate(
     cfg: Any,
     model: str | None = None,
@@ -115,36 +259,9 @@ def evaluate(
     probe_kinds: the master-key probes to run (default: all of `probes.PROBES`; () skips them).
     """
     t_start = time.perf_counter()
-    if votes < 1:
-        raise EvalError(f"--votes must be >= 1, got {votes}")
-    if batch_size < 1:
-        raise EvalError(f"--batch_size must be >= 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise EvalError(f"--limit must be >= 1, got {limit}")
-    unknown = sorted(set(probe_kinds or ()) - set(probes.PROBES))
-    if unknown:
-        known = ", ".join(probes.PROBES)
-        raise EvalError(f"--probes: unknown probe {unknown[0]!r} (known: {known})")
-    cfg = cfg.copy_and_resolve_references()
-    if model is not None:
-        cfg.policy.model = model
-    # The evaluation judge scores by default; the reward judge's figures then sit beside its own.
-    reward_cfg = cfg.copy_and_resolve_references()
-    if judge is None and str(cfg.judge.eval_model):
-        judge = str(cfg.judge.eval_model)
-    compare = judge == "evaluation" or (judge is not None and judge == str(cfg.judge.eval_model))
-    compare = compare and str(reward_cfg.judge.model) not in ("", judge)
-    if judge is not None:
-        cfg.judge.model = judge
-        if compare:
-            cfg.judge.template = "auto"  # the evaluation judge's own prompt settings
-    _check_model_spec(str(cfg.policy.model), "--model")
-    _check_model_spec(str(cfg.judge.model), "--judge")
+    check_args(votes, batch_size, limit, probe_kinds)
+    cfg, reward_cfg, compare = resolve_judges(cfg, model, judge)
     has_judge = bool(str(cfg.judge.model))
-    if not has_judge and cfg.judge.reward in runner.JUDGE_REWARDS:
-        cfg.judge.reward = "rule_binary"  # evaluate optimises nothing; rules only without a judge
-    if cfg.judge.reward in runner.LIKELIHOOD_REWARDS:
-        cfg.judge.reward = "soft" if has_judge else "rule_binary"  # evaluate judges with its judge
     multihost.join(cfg.mesh)
     say = (lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     bar_kw = dict(disable=quiet or jax.process_index() != 0, file=sys.stderr, dynamic_ncols=True)
@@ -160,45 +277,20 @@ def evaluate(
     sc = builders.sampling_config(cfg, greedy=greedy)
     with tqdm(total=len(examples), desc="generate", unit="q", **bar_kw) as bar:
         comps, cut = generate_responses(cfg, policy, examples, sc, batch_size, mesh, bar.update)
-    responses = [c.text for c in comps]
     t_gen = time.perf_counter()
 
-    qa = [QA(ex.question, ex.reference) for ex in examples]
-    chunk = int(cfg.judge.batch_size)
-    with tqdm(total=len(examples), desc="judge", unit="row", **bar_kw) as bar:
-        scores = score_rows(rewards, qa, responses, chunk, bar, [not c.stopped for c in comps])
     vote_key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003)
-    judged = judged_columns(scores, responses, votes, vote_key) if has_judge else {}
-    if compare:  # the reward judge on the same answers
-        reward_runner = runner.RewardRunner.from_config(reward_cfg, mesh, policy)
-        with tqdm(total=len(examples), desc="reward judge", unit="row", **bar_kw) as bar:
-            rs = score_rows(reward_runner, qa, responses, chunk, bar)
-        scores["reward_judge_binary"], scores["reward_judge_soft"] = rs["binary"], rs["soft"]
+    reward_runner = runner.RewardRunner.from_config(reward_cfg, mesh, policy) if compare else None
+    chunk = int(cfg.judge.batch_size)
+    scores, judged = judge_responses(
+        rewards, reward_runner, examples, comps, chunk, has_judge, votes, vote_key, bar_kw
+    )
     t_judge = time.perf_counter()
 
-    rows = []
-    for i, (ex, c) in enumerate(zip(examples, comps, strict=True)):
-        row = dict(id=ex.id, subject=ex.subject, field=ex.field, question=ex.question,
-                   reference=ex.reference, response=c.text, stopped=c.stopped,
-                   response_tokens=len(c.ids),
-                   no_answer=int(scores["no_answer"][i]))  # fmt: skip
-        if has_judge:
-            row.update(
-                binary=int(judged["binary"][i]),
-                votes=judged["votes"][i].tolist(),
-                greedy_binary=int(judged["greedy_binary"][i]),
-                verdict=scoring.verdict_label(scores["judge_verdict"][i]),  # greedy: YES/NO/NEITHER
-            )
-            for k in ("soft", "soft_normalized", "judge_p_yes"):
-                row[k] = json_scalar(scores[k][i])
-        for k in (*rewards.rules, "reward_judge_binary", "reward_judge_soft"):
-            if k in scores:
-                row[k] = json_scalar(scores[k][i])
-        rows.append(row)
+    rows = answer_rows(examples, comps, scores, judged, rewards.rules)
     names = ("binary", "soft", "reward_judge_binary", "reward_judge_soft", "rule_binary")
     keys = [k for k in (*names, "rule_jaccard") if k in rows[0]]
     acc = agreement.accuracy_by_group(rows, keys)
-
     probe_res, probe_out = None, []
     if has_judge and (probe_kinds is None or len(probe_kinds)):
         probe_res, probe_out = probe_report(
@@ -207,28 +299,7 @@ def evaluate(
     t_end = time.perf_counter()
 
     results = {
-        "config": str(cfg.name),
-        "split": split,
-        "model": str(cfg.policy.model),
-        "judge": str(cfg.judge.model) or None,
-        "reward_judge": str(reward_cfg.judge.model) if compare else None,
-        "judge_template": str(cfg.judge.template) if has_judge else None,
-        "n_questions": len(examples),
-        "data_source": report.source,
-        "votes": votes,
-        "vote_rule": (
-            "greedy verdict"
-            if votes == 1
-            else f"majority of {votes} verdicts sampled at temperature 1 (tie = NO)"
-        ),
-        "sampling": dict(
-            greedy=sc.greedy,
-            temperature=sc.temperature,
-            top_k=sc.top_k,
-            top_p=sc.top_p,
-            max_new_tokens=sc.max_new_tokens,
-            seed=int(cfg.seed),
-        ),
+        **run_settings(cfg, reward_cfg if compare else None, split, report, votes, sc),
         "accuracy": acc,
         # Answers that commit to nothing (answers.answer_view): every judge reward 0.
         "no_answer_rate": float(np.mean(scores["no_answer"])),
@@ -251,19 +322,7 @@ def evaluate(
         "wall_time_s": t_end - t_start,
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
     }
-    table = agreement.markdown_table(acc, keys)
-    if probe_res is not None:
-        table += (
-            f"\nMaster-key probes: judge false-positive rate {100 * probe_res['fpr']:.1f}% "
-            f"over {probe_res['n']} probe rows (votes={votes}).\n"
-        )
-    if has_judge:
-        table += (
-            f"\nJudge verdict NEITHER (first token neither YES nor NO, scored 0) on "
-            f"{100 * results['judge_neither_rate']:.1f}% of responses.\n"
-        )
-    table += f"\nWall time {results['wall_time_s']:.1f} s ({len(examples)} questions).\n"
-    results["table"] = table
+    results["table"] = summary_table(results, keys, has_judge)
     if out is not None and jax.process_index() == 0:
         _write_outputs(out, results, rows, probe_out)
     return results
@@ -273,7 +332,7 @@ def define_flags() -> dict[str, Any]:
     """The command-line flags. Defined only when run as a program: train.py defines --config too,
     and absl refuses a flag defined twice in one process (e.g. a test session importing both)."""
     return {
-        "config": config_flags.DEFINE_config_file("config", None, "Run config (a Python file)."),
+        "config": shipped.define_config_flag("config", "Run config (a Python file)."),
         "model": flags.DEFINE_string("model", None, 'Policy model directory or "default".'),
         "judge": flags.DEFINE_string(
             "judge",

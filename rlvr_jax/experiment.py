@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from rlvr_jax import atomic, data, heldout, host_memory, stats, train
+from rlvr_jax import atomic, data, heldout, host_memory, jsonl, stats, train
 from rlvr_jax.metrics import read_metrics
 
 _CELLS = flags.DEFINE_string("cells", None, "Run only these cells (comma-separated names).")
@@ -148,15 +148,16 @@ def _mean_over_seeds(runs: list[list[dict]], key: str) -> list[dict]:
 def read_labels(path: str | Path) -> dict[tuple[str, str], float]:
     """Independent labels of held-out answers: a JSONL file of {"id", "response", "label"}
     (1 correct, 0 not), keyed by (question id, response text)."""
+    try:
+        rows = jsonl.read_rows(path, allow_empty=True)
+    except jsonl.RowError as e:
+        raise data.DataError(str(e)) from None
     out = {}
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for where, r in rows:
         try:
-            r = json.loads(line)
             out[(str(r["id"]), str(r["response"]))] = float(r["label"])
         except (ValueError, KeyError, TypeError) as e:
-            raise data.DataError(f"{path}:{i}: not a label row ({type(e).__name__}: {e})") from e
+            raise data.DataError(f"{where}: not a label row ({type(e).__name__}: {e})") from e
     return out
 
 

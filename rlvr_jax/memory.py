@@ -211,20 +211,23 @@ def _rows_per_device(rows: int, sizes: Mapping[str, int]) -> int:
     return rows // _split(spec, sizes)
 
 
-def plan_memory(
-    cfg: ModelConfig, run: RunShape, mesh: Any, judge_cfg: ModelConfig | None = None
-) -> MemoryPlan:
-    """Bytes per device of one RL step of `run` for policy `cfg` (and `judge_cfg`) on `mesh`.
+# The step's phases do not overlap; a term named here lives only in its phase.
+PHASES = {
+    "sample": ("sample_params", "kv_cache", "sampler_activations"),
+    "judge": ("judge_activations",),
+    "train": ("grads", "gathered_weights", "train_activations"),
+}
 
-    `mesh` is a Mesh, a {'data','fsdp','tensor'} mapping or a (data, fsdp, tensor) tuple: plans can
-    be made for meshes larger than the devices present. Nothing is compiled or allocated.
-    """
-    sizes = meshlib.mesh_sizes(mesh)
-    tensor = sizes["tensor"]
+
+def _weight_terms(
+    cfg: ModelConfig, run: RunShape, sizes: Mapping[str, int]
+) -> tuple[dict[str, int], dict[str, str]]:
+    """(bytes, notes) of the policy's weights and what follows them: params, optimizer moments,
+    reference copy, sampling copy, gradients and the weights fsdp gathers in the train step.
+    Gradients and optimizer moments exist for the trained params only (LoRA: the adapters)."""
     train, sample = meshlib.TRAIN_RULES, meshlib.SAMPLE_RULES
     params = abstract_params(cfg)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    # Gradients and optimizer moments exist for the trained params only (LoRA: the adapters).
     lora = cfg.lora is not None
     trained = update.split_trainable(
         params, update.trainable_filter(cfg.num_layers, run.train_layers, cfg.lora)
@@ -245,24 +248,14 @@ def plan_memory(
         "optimizer": moments * tree_bytes_per_device(trained, sizes, train, run.opt_dtype),
         # A LoRA policy's reference is its own base weights, adapters off: nothing more to hold.
         "reference": p_train if run.reference and not lora else 0,
-        "judge": 0,
         "sample_params": 0 if same_layout else p_sample,
-        "kv_cache": 0,
-        "sampler_activations": 0,
-        "judge_activations": 0,
         "grads": t_train + (f32_train if n_micro > 1 else 0),
         # fsdp: XLA all-gathers each weight before use and may keep them all live in the step.
         "gathered_weights": 0 if same_layout else p_sample - p_train,
-        "train_activations": 0,
     }
-    what = (
-        f"LoRA rank {cfg.lora.rank} adapters"
-        if lora
-        else "weights"
-        if n_trained == n_params
-        else ""
-    )
-    trained_note = f"{n_trained / 1e6:.2f}M trained ({what or 'top blocks'})"
+    what = "weights" if n_trained == n_params else "top blocks"
+    what = f"LoRA rank {cfg.lora.rank} adapters" if lora else what
+    trained_note = f"{n_trained / 1e6:.2f}M trained ({what})"
     reference_note = "frozen policy copy (rl.beta > 0)" if run.reference else "none (rl.beta = 0)"
     if run.reference and lora:
         reference_note = "the policy's base weights, adapters off (shared, no copy)"
@@ -277,53 +270,102 @@ def plan_memory(
         "grads": "one gradient of the trained params"
         + (f" + fp32 accumulator over {n_micro} micro-batches" if n_micro > 1 else ""),
     }
-    # KV cache: N rows x S slots x Hkv x K per layer, k and v, plus the [N, S] mask.
+    return terms, notes
+
+
+def _kv_cache_bytes(cfg: ModelConfig, run: RunShape, sizes: Mapping[str, int]) -> tuple[int, str]:
+    """(bytes, note) of the sampler's KV cache: N rows x S slots x Hkv x K per layer, k and v,
+    laid out by the sampling rules, plus the [N, S] mask."""
     s = run.prompt_len + run.completion_len
     cache_dt = run.cache_dtype or cfg.dtype
     kv_shape = (run.rows, s, cfg.num_kv_heads, cfg.head_dim)
-    kv_spec, _ = meshlib.logical_to_spec(meshlib.KV_NAMES, kv_shape, sizes, sample)
-    kv_rows = _rows_per_device(run.rows, sizes)
-    terms["kv_cache"] = (
-        2 * cfg.num_layers * math.prod(kv_shape) // _split(kv_spec, sizes) * _itemsize(cache_dt)
-        + kv_rows * s
-    )
-    notes["kv_cache"] = f"{run.rows} rows x {s} slots x {cfg.num_layers} layers, {cache_dt}"
-    # Prefill: one layer live at a time over B prompt rows, plus the B-row cache before `repeat`.
+    kv_spec, _ = meshlib.logical_to_spec(meshlib.KV_NAMES, kv_shape, sizes, meshlib.SAMPLE_RULES)
+    kv = 2 * cfg.num_layers * math.prod(kv_shape) // _split(kv_spec, sizes) * _itemsize(cache_dt)
+    kv += _rows_per_device(run.rows, sizes) * s
+    return kv, f"{run.rows} rows x {s} slots x {cfg.num_layers} layers, {cache_dt}"
+
+
+def _sampler_activation_bytes(
+    cfg: ModelConfig, run: RunShape, sizes: Mapping[str, int], kv_cache: int
+) -> tuple[int, str]:
+    """(bytes, note) of the prefill: one layer live at a time over the B prompt rows, plus the
+    B-row share of the cache (`kv_cache` bytes for N rows) before the rows are repeated G times."""
     b_rows = _rows_per_device(run.prompts, sizes)
-    terms["sampler_activations"] = b_rows * run.prompt_len * _layer_bytes_per_token(
-        cfg, run.prompt_len, tensor
-    ) + terms["kv_cache"] * b_rows // max(kv_rows, 1)
-    notes["sampler_activations"] = f"prefill of {run.prompts} prompts x {run.prompt_len} tokens"
-    # Training: every layer's kept tensors (or only layer inputs + one layer with remat), plus
-    # fp32 logits, log-softmax and their gradient over the vocab.
-    t = s
+    kv_rows = _rows_per_device(run.rows, sizes)
+    layer = _layer_bytes_per_token(cfg, run.prompt_len, sizes["tensor"])
+    act = b_rows * run.prompt_len * layer + kv_cache * b_rows // max(kv_rows, 1)
+    return act, f"prefill of {run.prompts} prompts x {run.prompt_len} tokens"
+
+
+def _train_activation_bytes(
+    cfg: ModelConfig, run: RunShape, sizes: Mapping[str, int]
+) -> tuple[int, str]:
+    """(bytes, note) of one train micro-batch's activations: every layer's kept tensors (with
+    remat, only each layer's input plus one layer's tensors), plus fp32 logits, log-softmax and
+    their gradient over the vocabulary."""
+    tensor = sizes["tensor"]
+    t = run.prompt_len + run.completion_len
     m = _rows_per_device(run.micro_batch, sizes)
     layer = _layer_bytes_per_token(cfg, t, tensor)
-    kept = (
-        (cfg.num_layers * cfg.hidden_size * _itemsize(cfg.dtype) + layer)
-        if run.remat
-        else (cfg.num_layers * layer)
-    )
+    kept = cfg.num_layers * layer
+    if run.remat:
+        kept = cfg.num_layers * cfg.hidden_size * _itemsize(cfg.dtype) + layer
     vocab = 3 * 4 * _div(cfg.vocab_size, tensor)
-    terms["train_activations"] = m * t * (kept + vocab)
-    notes["train_activations"] = (
-        f"estimate: {run.micro_batch} rows x {t} tokens per micro-batch, "
-        f"remat {'on' if run.remat else 'off'}"
-    )
-    if judge_cfg is not None and run.judge_batch:
-        jparams = abstract_params(judge_cfg)
-        terms["judge"] = tree_bytes_per_device(jparams, sizes, sample)
-        notes["judge"] = f"{judge_cfg.num_layers}-layer judge, sampling layout"
-        jr = _rows_per_device(run.judge_batch, sizes)
-        pj = run.judge_prompt_len
-        terms["judge_activations"] = jr * pj * _layer_bytes_per_token(judge_cfg, pj, tensor)
-        notes["judge_activations"] = f"prefill of {run.judge_batch} judge prompts x {pj} tokens"
-    phases = {
-        "sample": ("sample_params", "kv_cache", "sampler_activations"),
-        "judge": ("judge_activations",),
-        "train": ("grads", "gathered_weights", "train_activations"),
+    remat = "on" if run.remat else "off"
+    note = f"estimate: {run.micro_batch} rows x {t} tokens per micro-batch, remat {remat}"
+    return m * t * (kept + vocab), note
+
+
+def _judge_terms(
+    judge_cfg: ModelConfig, run: RunShape, sizes: Mapping[str, int]
+) -> tuple[dict[str, int], dict[str, str]]:
+    """(bytes, notes) of the judge: its weights in the sampling layout and the prefill of one
+    judge batch."""
+    jparams = abstract_params(judge_cfg)
+    jr = _rows_per_device(run.judge_batch, sizes)
+    pj = run.judge_prompt_len
+    terms = {
+        "judge": tree_bytes_per_device(jparams, sizes, meshlib.SAMPLE_RULES),
+        "judge_activations": jr * pj * _layer_bytes_per_token(judge_cfg, pj, sizes["tensor"]),
     }
-    return MemoryPlan(terms=terms, phases=phases, notes=notes, mesh=sizes)
+    notes = {
+        "judge": f"{judge_cfg.num_layers}-layer judge, sampling layout",
+        "judge_activations": f"prefill of {run.judge_batch} judge prompts x {pj} tokens",
+    }
+    return terms, notes
+
+
+def plan_memory(
+    cfg: ModelConfig, run: RunShape, mesh: Any, judge_cfg: ModelConfig | None = None
+) -> MemoryPlan:
+    """Bytes per device of one RL step of `run` for policy `cfg` (and `judge_cfg`) on `mesh`.
+
+    `mesh` is a Mesh, a {'data','fsdp','tensor'} mapping or a (data, fsdp, tensor) tuple: plans can
+    be made for meshes larger than the devices present. Nothing is compiled or allocated.
+    """
+    sizes = meshlib.mesh_sizes(mesh)
+    weights, notes = _weight_terms(cfg, run, sizes)
+    kv, notes["kv_cache"] = _kv_cache_bytes(cfg, run, sizes)
+    sampler, notes["sampler_activations"] = _sampler_activation_bytes(cfg, run, sizes, kv)
+    train, notes["train_activations"] = _train_activation_bytes(cfg, run, sizes)
+    judge = {"judge": 0, "judge_activations": 0}
+    if judge_cfg is not None and run.judge_batch:
+        judge, judge_notes = _judge_terms(judge_cfg, run, sizes)
+        notes.update(judge_notes)
+    terms = {
+        "params": weights["params"],
+        "optimizer": weights["optimizer"],
+        "reference": weights["reference"],
+        "judge": judge["judge"],
+        "sample_params": weights["sample_params"],
+        "kv_cache": kv,
+        "sampler_activations": sampler,
+        "judge_activations": judge["judge_activations"],
+        "grads": weights["grads"],
+        "gathered_weights": weights["gathered_weights"],
+        "train_activations": train,
+    }
+    return MemoryPlan(terms=terms, phases=dict(PHASES), notes=notes, mesh=sizes)
 
 
 def device_memory_bytes(device: jax.Device | None = None, fallback: int | None = None) -> int:

@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from rlvr_jax import checkpoint, data, guards, heldout, host_memory, memory, sft_baseline, update
 from rlvr_jax import mesh as mesh_lib
@@ -37,8 +36,9 @@ from rlvr_jax.run import (
     restore_checkpoint,
     save_checkpoint,
 )
+from rlvr_jax.shipped import define_config_flag
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (a Python file).")
+_CONFIG = define_config_flag("config", "Run config (a Python file).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh DATA,FSDP,TENSOR (overrides config mesh.shape).")
 

@@ -281,3 +281,58 @@ def test_shipped_files_are_found_from_any_directory(tmp_path, monkeypatch):
     assert shipped.load_config("configs/judge_eval.py").name == "judge_eval"
     with pytest.raises(shipped.ShippedFileError, match=f"nope.py: not found in {tmp_path}"):
         shipped.find("configs/nope.py")
+    rep = data.load_examples(["data/economics/test.jsonl"], "test", limit=2)
+    assert len(rep.examples) == 2  # a config's data source, read from the checkout
+    with pytest.raises(data.DataError, match="^data/nope.jsonl: no such file"):
+        data.load_examples(["data/nope.jsonl"], "test")
+
+
+def test_config_flag_finds_shipped_configs_from_any_directory(tmp_path, monkeypatch):
+    """`--config configs/econ.py:smoke` with overrides, parsed in another working directory; a
+    missing file is one flag error naming it."""
+    from absl import flags
+
+    from rlvr_jax import shipped
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["prog", "--config", "configs/econ.py:smoke", "--config.rl.beta=0.5"]
+    fv = flags.FlagValues()
+    cfg = shipped.define_config_flag("config", "Run config.", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    assert cfg.value.name == "econ_smoke" and cfg.value.rl.beta == 0.5
+    fv = flags.FlagValues()
+    shipped.define_config_flag("config", "Run config.", flag_values=fv, sys_argv=["prog"])
+    with pytest.raises(flags.IllegalFlagValueError, match="configs/nope.py: not found in"):
+        fv(["prog", "--config", "configs/nope.py"])
+
+
+def test_config_flag_works_without_configs_on_the_path(tmp_path):
+    """As from an installed package run in a directory of its own: neither the checkout nor
+    `configs` is on the import path, and the config's `from configs import base` still loads."""
+    import os
+    import subprocess
+    import sys
+
+    from rlvr_jax import shipped
+
+    pkgs, work = tmp_path / "site", tmp_path / "work"
+    pkgs.mkdir()
+    work.mkdir()
+    (pkgs / "rlvr_jax").symlink_to(shipped.CHECKOUT / "rlvr_jax")
+    code = (
+        "import sys\n"
+        "from absl import app\n"
+        "from rlvr_jax import shipped\n"
+        "cfg = shipped.define_config_flag('config', 'Run config.')\n"
+        "app.run(lambda argv: print(cfg.value.name, sys.modules['configs'].__file__))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(pkgs)}
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-c", code, *a], cwd=work, env=env, capture_output=True, text=True
+    )
+    ok = run("--config", "configs/econ.py:smoke")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == ["econ_smoke", str(shipped.CHECKOUT / "configs" / "__init__.py")]
+    bad = run("--config", "configs/nope.py")
+    assert bad.returncode != 0
+    assert f"configs/nope.py: not found in {work}" in bad.stderr and "Traceback" not in bad.stderr

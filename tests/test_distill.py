@@ -449,6 +449,12 @@ def test_sft_step_lowers_the_loss(tiny_dir, tok):
     assert int(st.step) == 8
     leaves = lambda tree: [np.array(x) for x in jax.tree.leaves(tree)]  # copies: state is donated
     assert st.ema is None and st.judge_params is st.params  # no average kept by default
+    # A non-finite loss leaves params and optimizer state as they were, and says so.
+    before = leaves((st.params, st.opt_state))
+    st, met = step(st, frozen, h, labels, weights * jnp.nan, yes, no)
+    assert int(met["nonfinite"]) == 1 and not np.isfinite(float(met["loss"]))
+    for a, b in zip(leaves((st.params, st.opt_state)), before, strict=True):
+        np.testing.assert_array_equal(a, b)
     # Decay 0.5: the same params (the average does not steer training), ema halfway each step.
     step_ema = sft.make_train_step(m.graphdef, 1, opt, ema_decay=0.5)
     st0 = sft.init_state(jax.tree.map(jnp.copy, trainable), opt)

@@ -194,8 +194,22 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     assert again["ran"] == [] and again["skipped"] == [] and set(again["results"]["cells"]) == {
         "sft", "rloo_rule_binary"}  # fmt: skip
     path.write_text('{"id": "q"}\n')
-    with pytest.raises(data.DataError, match="labels.jsonl:1"):
+    with pytest.raises(data.DataError, match="labels.jsonl:line 1"):
         experiment.read_labels(path)
+
+
+def test_read_labels_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": 1, "response": "r", "label": 1}\n\n{"id": "q", "response": "s"}\n')
+    with pytest.raises(data.DataError, match=r"labels.jsonl:line 3: not a label row \(KeyError"):
+        experiment.read_labels(path)
+    path.write_text('{"id": 1, "response": "r", "label": 1}\nnot json\n')
+    with pytest.raises(data.DataError, match="labels.jsonl:line 2: not valid JSON"):
+        experiment.read_labels(path)
+    path.write_text('{"id": 1, "response": "r", "label": 0}\n\n')
+    assert experiment.read_labels(path) == {("1", "r"): 0.0}
+    with pytest.raises(data.DataError, match="nope.jsonl: cannot read"):
+        experiment.read_labels(tmp_path / "nope.jsonl")
 
 
 def test_judge_comparison_report():

@@ -128,6 +128,22 @@ def test_split_reasoning_answer_lines():
     assert assistant_text("it is 42") == "it is 42\nTherefore, the answer is"
 
 
+def test_split_reasoning_reads_the_answer_lines_the_judge_reads():
+    """The reward's answer line is the judge's answer statement (answers.answer_line_start): a
+    markdown "**Final Answer:**", "Final answer is" without "the" and "would be" end the reasoning
+    too, as they are the answer the judge is shown."""
+    from rlvr_jax.judge.answers import answer_view
+    from rlvr_jax.judge.likelihood import split_reasoning
+
+    for response, answer in (
+        ("Steps.\n**Final Answer:** 5", "5"),
+        ("Steps.\nFinal answer is 3", "3"),
+        ("Steps.\nThe answer would be 7.", "7"),
+    ):
+        assert split_reasoning(response) == ("Steps.", True)
+        assert answer_view(response).text == answer
+
+
 def test_debiasing_and_filter_hand_made():
     """rlpr = clip(mean p - baseline p, 0, 1); the filter drops prompts with near-equal rewards."""
     import jax.numpy as jnp

@@ -31,9 +31,12 @@ from typing import Literal
 Kind = Literal["answer", "prose", "none"]
 
 # An answer statement: "(Therefore,) (the) (final) answer is (:) X", "Answer: X", to the line end.
+# The one parser of answer lines: `answer_view` reads `rest`, `answer_line_start` (the likelihood
+# reward's split of reasoning from answer) where the statement begins, its connective included.
 _STATEMENT = re.compile(
-    r"(?:\b(?:the\s+)?(?:final\s+|correct\s+)?answer\s+(?:is|would\s+be|will\s+be)\b\s*:?"
-    r"|\b(?:final\s+)?answer\s*:)[ \t]*(?P<rest>[^\n]*)",
+    r"\b(?:(?:therefore|thus|hence|so)\s*,?\s+)?"
+    r"(?:(?:the\s+)?(?:final\s+|correct\s+)?answer\s+(?:is|would\s+be|will\s+be)\b\s*:?"
+    r"|(?:final\s+)?answer\s*:)[ \t]*(?P<rest>[^\n]*)",
     re.IGNORECASE,
 )
 _BOXED = re.compile(r"\\boxed\{")
@@ -115,6 +118,15 @@ def _sentences(text: str, cut: bool) -> list[str]:
 
 def _short(s: str) -> str:
     return s if len(s) <= _MAX_CHARS else s[: _MAX_CHARS - 3].rstrip() + "..."
+
+
+def answer_line_start(response: str) -> int | None:
+    """Where the first answer statement of `response` begins, its connective and markdown
+    included ("So the final answer is 3" from "So", "**Answer:** 3" from "**"); None when it has
+    none. Its content is not checked: an answer line with nothing after it still ends the
+    reasoning before it."""
+    m = _STATEMENT.search(response)
+    return None if m is None else len(response[: m.start()].rstrip("*_# \t"))
 
 
 def answer_view(response: str, cut: bool | None = None) -> AnswerView:

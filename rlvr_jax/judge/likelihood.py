@@ -5,14 +5,14 @@ prompt asks for an answer (`data.DEFAULT_SYSTEM_PROMPT`):
 
     <chat prompt> + reasoning + "\\nTherefore, the answer is" + " " + reference
 
-where the reasoning is the response before its answer line (`split_reasoning`: "Therefore, the
-answer is ...", "So the final answer is ...", "The answer is ...", "Answer: ..."; the first one
-found). A
-response with no answer line is reasoning as a whole: its every word is context, none of it is
-replaced. An empty reasoning leaves "Therefore, the answer is" + " " + reference. Only the
-reference's tokens are scored, under the scoring weights (the current policy by default, as
-RLPR and VeriFree do: the reward then follows what the policy has learned; the frozen reference
-policy is the alternative, `judge.likelihood_model`).
+where the reasoning is the response before its first answer line (`split_reasoning`, with the
+judge's own parser `answers.answer_line_start`: "Therefore, the answer is ...", "So the final
+answer is ...", "The answer would be ...", "**Answer:** ..."). A response with no answer line is
+reasoning as a whole: its every word is context, none of it is replaced. An empty reasoning
+leaves "Therefore, the answer is" + " " + reference. Only the reference's tokens are scored,
+under the scoring weights (the current policy by default, as RLPR and VeriFree do: the reward
+then follows what the policy has learned; the frozen reference policy is the alternative,
+`judge.likelihood_model`).
 
 Two rewards per row (arXiv 2506.18254 for RLPR, 2602.03979 for the comparison):
 - likelihood = mean over the reference's tokens of log p(token | everything before it);
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Sequence
 
 import flax.struct
@@ -46,6 +45,7 @@ from flax import nnx
 
 from rlvr_jax import mesh as mesh_lib
 from rlvr_jax import multihost as mh
+from rlvr_jax.judge.answers import answer_line_start
 from rlvr_jax.logprobs import completion_logprobs
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, positions_from_mask
@@ -56,13 +56,6 @@ LIKELIHOOD_REWARDS = ("likelihood", "rlpr")
 
 # The answer line's lead, as the paper's system prompt words it (data.DEFAULT_SYSTEM_PROMPT).
 ANSWER_LEAD = "Therefore, the answer is"
-# Where a response's answer line starts: the lead and its close variants, any case ("So the
-# final answer is", "The answer is", "The correct answer is", a line opening with "Answer:").
-ANSWER_LINE = re.compile(
-    r"\b(?:(?:therefore|thus|hence|so)\s*,?\s+)?the\s+(?:final\s+|correct\s+)?answer\s+is\b"
-    r"|^[ \t]*(?:final\s+)?answer\s*:",
-    re.IGNORECASE | re.MULTILINE,
-)
 # Lengths are padded to powers of two from these floors: one compile per bucket used, few buckets.
 LENGTH_FLOOR = 32
 REF_FLOOR = 8
@@ -71,10 +64,10 @@ REF_FLOOR = 8
 def split_reasoning(response: str) -> tuple[str, bool]:
     """(reasoning, has_answer_line): the response before its first answer line, stripped; the
     whole response (stripped) and False when it has none."""
-    m = ANSWER_LINE.search(response)
-    if m is None:
+    start = answer_line_start(response)
+    if start is None:
         return response.strip(), False
-    return response[: m.start()].strip(), True
+    return response[:start].strip(), True
 
 
 def assistant_text(reasoning: str) -> str:

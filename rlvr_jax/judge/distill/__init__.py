@@ -7,9 +7,10 @@ activations, evaluates it on held-out questions next to the starting model, and 
 model directory and a Hugging Face export.
 
 Modules: examples (teacher rows), units (shared-prefix batching), split_model (the split forward
-pass), cache (frozen activations), sft (the train step), evaluation (held-out figures), quality
-(the evaluation judge's report), teacher_judge (on-policy teacher), run (orchestration); the judge
-prompts are the scorer's own (rlvr_jax/judge/prompts.py).
+pass), cache (frozen activations), prepared (rows, prompts and activations made ready for the
+split model), sft (the train step), evaluation (held-out figures), quality (the evaluation
+judge's report), teacher_judge (on-policy teacher), run (orchestration); the judge prompts are
+the scorer's own (rlvr_jax/judge/prompts.py).
 
 `ensure_default_judge()` is the default judge's entry point for train/evaluate configs that say
 `judge.model = "distilled"`; `ensure_evaluation_judge()` builds the held-out evaluation's judge

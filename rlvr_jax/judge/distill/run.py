@@ -1,5 +1,5 @@
-"""One distillation run: teachers -> judge rows (rows.py) -> cached bottom -> SFT of the top ->
-evaluation.
+"""One distillation run: teachers -> judge rows (rows.py) -> cached bottom (prepared.py) -> SFT
+of the top (`train_top`) -> calibration on validation rows -> evaluation and export.
 
 Rerunning with the same work directory resumes: the activation caches are read back from disk,
 the SFT state from its last checkpoint, and the metrics file is cut to that step, so the run
@@ -28,72 +28,13 @@ from rlvr_jax.judge import prompts as judge_prompts
 from rlvr_jax.judge import scoring
 from rlvr_jax.judge.distill import cache as act_cache
 from rlvr_jax.judge.distill import evaluation, examples, sft, units
-from rlvr_jax.judge.distill import split_model as sm
+from rlvr_jax.judge.distill.prepared import Prepared, Start, fill_cache, load_start, prepare
 from rlvr_jax.judge.distill.rows import eval_rows, load_questions, onpolicy_answers, teacher_rows
 from rlvr_jax.metrics import MetricsWriter
-from rlvr_jax.models.default import resolve_model_dir
-from rlvr_jax.models.model_dir import load_model, save_model
+from rlvr_jax.models.model_dir import save_model
 
 # In the judge's directory: its held-out and on-policy figures from the distillation itself.
 FIGURES_FILE = "heldout_figures.json"
-
-
-@dataclasses.dataclass
-class Prepared:
-    """Rows with their judge prompts, bucketed; `cache` holds their split-layer states."""
-
-    rows: list[dict]
-    empty: np.ndarray
-    buckets: list[units.Bucket]
-    batches: list[units.Batch]
-    cache: act_cache.Cache | None = None
-
-
-def prepare(rows, tok, jcfg, cfg, drop_empty: bool) -> Prepared:
-    ids, empty = judge_prompts.prompt_ids(tok, rows, jcfg)
-    if drop_empty:  # the scorer forces these to 0 whatever the judge says: nothing to learn
-        keep = [i for i, e in enumerate(empty) if not e]
-        rows, ids, empty = [rows[i] for i in keep], [ids[i] for i in keep], [False] * len(keep)
-    d = cfg.distill
-    keys = [(r["question"], r["reference"]) for r in rows]
-    buckets = units.build_buckets(ids, keys, tok.pad_id, int(d.max_suffixes), int(d.merge_tokens))
-    batches = units.sequential_batches(buckets, int(d.batch_tokens))
-    return Prepared(rows, np.asarray(empty, bool), buckets, batches)
-
-
-def fill_cache(p: Prepared, name: str, model, split: int, workdir: Path, model_id: str) -> None:
-    from tqdm import tqdm
-
-    key = act_cache.cache_key(model_id, split, p.buckets)
-    folder = workdir / "activations"
-    p.cache = act_cache.load(folder, f"{name}-{key}", len(p.buckets))
-    if p.cache is not None:
-        print(f"rlvr_jax: {name} activations read from {folder}", file=sys.stderr)
-        return
-    real, padded = units.token_count(p.buckets, p.batches)
-    desc = f"{name}: layers 0-{split} once ({real} tokens, {padded} padded)"
-    with tqdm(total=len(p.rows), desc=desc, unit="row", file=sys.stderr) as bar:
-        p.cache = act_cache.compute(
-            model.graphdef, model.state, split, p.buckets, p.batches, bar.update
-        )
-    act_cache.save(folder, f"{name}-{key}", p.cache)
-
-
-def score_rows(
-    graphdef, state, split, p: Prepared, yes, no, yes_bias: float = 0.0
-) -> dict[str, np.ndarray]:
-    """p_yes, p_no, greedy [n_rows] of every row of `p`, from its cached split-layer states, under
-    the calibration yes_bias."""
-    n = len(p.rows)
-    out = {"p_yes": np.zeros(n), "p_no": np.zeros(n), "greedy": np.zeros(n, np.int64)}
-    for bt in p.batches:
-        b = p.buckets[bt.bucket]
-        h = act_cache.hidden_batch(b, p.cache[bt.bucket], bt)
-        res = jax.device_get(sm.score(graphdef, state, split, h, yes, no, np.float32(yes_bias)))
-        rows = b.rows[bt.suffixes[bt.valid]]
-        for k in out:
-            out[k][rows] = np.asarray(res[k])[bt.valid]
-    return out
 
 
 def _line(fig: dict) -> str:
@@ -115,42 +56,28 @@ def resolve_workdir(cfg: Any, workdir: str | Path | None = None) -> Path:
     return Path(workdir or cfg.workdir or f"runs/{cfg.name}")
 
 
-def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None = None) -> dict:
-    """Run (or resume) the distillation of `cfg` in `workdir`; returns results.json's content.
+@dataclasses.dataclass
+class Splits:
+    """The prepared judge rows of each split (val and onp None when there are none), the label
+    counts of the training rows and the question count of each split."""
 
-    stop_after: return after this many SFT steps of this call (tests use it to emulate a kill).
-    """
-    from rich.console import Console
-    from tqdm import tqdm
+    train: Prepared
+    held: Prepared
+    val: Prepared | None
+    onp: Prepared | None
+    counts: dict
+    questions: dict[str, int]
 
-    meter, phases = CpuMeter(), {}
-    workdir = resolve_workdir(cfg, workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
-    if (workdir / "results.json").is_file() and (workdir / "judge").is_dir():
-        print(f"rlvr_jax: {workdir} holds a finished distillation", file=sys.stderr)
-        return json.loads((workdir / "results.json").read_text())
-    if cfg.judge.model == "distilled":
-        raise ValueError("config judge.model: the starting model cannot be the distilled judge")
-    model_dir = resolve_model_dir(str(cfg.judge.model))
-    model = load_model(model_dir, dtype="float32")
-    tok, n_layers = model.tokenizer, model.cfg.num_layers
-    jcfg = judge_prompts.judge_config_for(
-        model_dir, str(cfg.judge.template), max_prompt_len=int(cfg.judge.max_prompt_len)
-    )
-    yes_l, no_l = judge_prompts.verdict_ids(tok, jcfg)
-    yes, no = sm.spelling_ids(yes_l), sm.spelling_ids(no_l)
-    k = int(cfg.optim.train_layers)
-    split = 0 if k < 0 or k >= n_layers else n_layers - k
-    if int(cfg.distill.cache_layer) >= 0:  # cache lower than the trained blocks: the blocks in
-        split = min(split, int(cfg.distill.cache_layer))  # between run frozen every step
-    model_id = json.dumps([str(Path(model_dir).resolve()), model.cfg.to_hf_dict()], default=str)
 
+def prepare_splits(cfg: Any, start: Start, workdir: Path) -> Splits:
+    """Every split's judge rows, prompts and split-layer states (read back from the activation
+    cache of an earlier attempt when it has them). The on-policy rows are held-out answers to this
+    run's own questions: how the judge will score RL's answers."""
+    tok, jcfg = start.model.tokenizer, start.jcfg
     train_q, val_q, held_q = load_questions(cfg)
     train = prepare(teacher_rows(cfg, train_q, val_q + held_q), tok, jcfg, cfg, drop_empty=True)
     held = prepare(eval_rows(cfg, held_q), tok, jcfg, cfg, drop_empty=False)
     val = prepare(eval_rows(cfg, val_q), tok, jcfg, cfg, drop_empty=False) if val_q else None
-    # Held-out on-policy answers to this run's own questions: how it will score RL's answers.
     onp_rows = examples.onpolicy_rows(
         examples.keep_questions(onpolicy_answers(cfg, "heldout"), train_q + val_q)
     )
@@ -162,38 +89,44 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         f"{len(held_q)} held-out questions -> {len(held.rows)} rows",
         file=sys.stderr,
     )
-    fill_cache(train, "train", model, split, workdir, model_id)
-    fill_cache(held, "heldout", model, split, workdir, model_id)
-    if val is not None:
-        fill_cache(val, "val", model, split, workdir, model_id)
-    if onp is not None:
-        fill_cache(onp, "onpolicy", model, split, workdir, model_id)
+    for name, p in (("train", train), ("heldout", held), ("val", val), ("onpolicy", onp)):
+        if p is not None:
+            fill_cache(p, name, start.model, start.split, workdir, start.model_id)
+    questions = {"train": len(train_q), "val": len(val_q), "heldout": len(held_q)}
+    return Splits(train, held, val, onp, counts, questions)
 
-    labels = np.array([r["label"] == "YES" for r in train.rows], np.int32)
+
+def class_weights(rows: list[dict], balance: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(labels [n] int32, 1 for YES; weights [n] fp32): with `balance`, YES and NO rows weigh half
+    the loss each, whatever their counts; else every row weighs 1."""
+    labels = np.array([r["label"] == "YES" for r in rows], np.int32)
     n_yes = max(int(labels.sum()), 1)
     n_no = max(len(labels) - n_yes, 1)
     w = np.where(labels == 1, len(labels) / (2 * n_yes), len(labels) / (2 * n_no))
-    if not cfg.distill.class_balance:
+    if not balance:
         w = np.ones_like(w)
-    w = w.astype(np.float32)
+    return labels, w.astype(np.float32)
 
-    def figures(state, p: Prepared = held, yes_bias: float = 0.0) -> tuple[dict, dict]:
-        s = score_rows(model.graphdef, state, split, p, yes, no, yes_bias)
-        r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, p.empty)
-        return evaluation.quality(p.rows, r), r
 
-    def onpolicy_figures(state, yes_bias: float = 0.0) -> dict | None:
-        if onp is None:
-            return None
-        s = score_rows(model.graphdef, state, split, onp, yes, no, yes_bias)
-        r = evaluation.rewards(s["p_yes"], s["p_no"], s["greedy"], yes_l, no_l, onp.empty)
-        return evaluation.onpolicy_quality(onp.rows, r)
+def train_top(
+    cfg: Any,
+    start: Start,
+    data: Splits,
+    writer: MetricsWriter,
+    workdir: Path,
+    stop_after: int | None = None,
+) -> tuple[nnx.State | None, int]:
+    """SFT of the judge's top blocks over distill.epochs epochs of the training rows, resumed from
+    the last checkpoint in `workdir`: (the judge's whole state, steps of the plan), or (None, step
+    reached) when `stop_after` steps of this call ended it first. With distill.eval_each_epoch
+    the held-out figures are written after every epoch but the last."""
+    from tqdm import tqdm
 
-    zero_shot, _ = figures(model.state)
-    print("rlvr_jax: zero-shot " + _line(zero_shot), file=sys.stderr)
-    phases["prepare_and_cache_s"] = meter.read()["wall_s"]
-
-    trainable, frozen = update.split_trainable(model.state, update.trainable_filter(n_layers, k))
+    model, split, train = start.model, start.split, data.train
+    trainable, frozen = update.split_trainable(
+        model.state, update.trainable_filter(model.cfg.num_layers, start.train_layers)
+    )
+    labels, w = class_weights(train.rows, bool(cfg.distill.class_balance))
     epochs = [
         units.epoch_batches(train.buckets, int(cfg.distill.batch_tokens), int(cfg.seed), e)
         for e in range(int(cfg.distill.epochs))
@@ -201,83 +134,126 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
     plan = [bt for ep in epochs for bt in ep]
     epoch_ends = set(np.cumsum([len(ep) for ep in epochs]).tolist())
     optimizer = update.make_optimizer(cfg.optim, len(plan))
+    decay = float(cfg.distill.ema_decay)
     step_fn = sft.make_train_step(
-        model.graphdef,
-        split,
-        optimizer,
-        float(cfg.distill.ema_decay),
-        float(cfg.distill.pair_weight),
+        model.graphdef, split, optimizer, decay, float(cfg.distill.pair_weight)
     )
     # Committed to the device like the step's outputs, so the donated state keeps one compile.
-    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer, float(cfg.distill.ema_decay))
+    st = sft.init_state(jax.tree.map(jnp.copy, trainable), optimizer, decay)
     st = jax.device_put(st, jax.devices()[0])
-    writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
     ckpts = checkpoint.StepCheckpoints(workdir, int(cfg.train.keep_ckpts))
     first = ckpts.latest() or 0
     if first:
         st = _restore_ckpt(ckpts, st, first)
         writer.truncate_after(first)
         print(f"rlvr_jax: resumed {workdir} from step {first}", file=sys.stderr)
-    done_here = 0
     bar = tqdm(range(first, len(plan)), initial=first, total=len(plan), desc="SFT", unit="step")
     for i in bar:
         bt = plan[i]
         b = train.buckets[bt.bucket]
         h = act_cache.hidden_batch(b, train.cache[bt.bucket], bt)
         rows = b.rows[bt.suffixes]
-        st, met = step_fn(
-            st, frozen, h, jnp.asarray(labels[rows]), jnp.asarray(w[rows] * bt.valid), yes, no
-        )
+        weights = jnp.asarray(w[rows] * bt.valid)
+        st, met = step_fn(st, frozen, h, jnp.asarray(labels[rows]), weights, start.yes, start.no)
         met = {f"train/{k}": v for k, v in jax.device_get(met).items()}
         met["train/epoch"] = sum(e <= i for e in epoch_ends)
         writer.write(i + 1, met)
         bar.set_postfix(loss=f"{met['train/loss']:.3f}", acc=f"{met['train/acc']:.2f}")
-        done_here += 1
         if cfg.distill.eval_each_epoch and i + 1 in epoch_ends and i + 1 < len(plan):
-            fig, _ = figures(nnx.merge_state(frozen, st.judge_params))
+            fig, _ = start.figures(nnx.merge_state(frozen, st.judge_params), data.held)
             writer.write(i + 1, _scalars(fig, "heldout/"))
             bar.write(
                 f"rlvr_jax: after epoch {len([e for e in epoch_ends if e <= i + 1])}: " + _line(fig)
             )
         if (i + 1) % int(cfg.train.ckpt_every) == 0 or i + 1 == len(plan):
             ckpts.save(i + 1, {"leaves": jax.tree.leaves(st)})
-        if stop_after is not None and done_here >= stop_after and i + 1 < len(plan):
-            writer.close()
-            return {"stopped_at": i + 1}
+        if stop_after is not None and i + 1 - first >= stop_after and i + 1 < len(plan):
+            return None, i + 1
     bar.close()
+    return nnx.merge_state(frozen, st.judge_params), len(plan)
+
+
+def calibrate(cfg: Any, start: Start, state: nnx.State, data: Splits) -> dict:
+    """The YES offset (`evaluation.choose_yes_bias`) chosen on the validation rows, with their
+    figures before and after it; {"yes_bias": 0.0} without validation rows or distill.calibrate."""
+    if data.val is None or not cfg.distill.calibrate:
+        return {"yes_bias": 0.0}
+    val, n_val = data.val, data.questions["val"]
+    val_before, v = start.figures(state, val)
+    calibration = evaluation.choose_yes_bias(val.rows, v["p_yes"], v["p_no"], val.empty)
+    calibration["val_questions"] = n_val
+    calibration["val_uncalibrated"] = val_before
+    calibration["val_calibrated"], _ = start.figures(state, val, calibration["yes_bias"])
+    print(
+        f"rlvr_jax: calibration on {n_val} validation questions: yes_bias "
+        f"{calibration['yes_bias']:+.2f}; validation before "
+        + _line(calibration["val_uncalibrated"])
+        + "; after "
+        + _line(calibration["val_calibrated"]),
+        file=sys.stderr,
+    )
+    return calibration
+
+
+def write_tables(cfg: Any, workdir: Path, cols: dict[str, dict], onp: dict | None, n_onp: int):
+    """The held-out figures of each judge in `cols` (zero-shot, distilled...) to the console and
+    heldout_table.md, with the on-policy table `onp` of `n_onp` answers when there is one."""
+    from rich.console import Console
+
+    Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
+    md = evaluation.markdown(cols)
+    if onp is not None:
+        from rlvr_jax.judge import onpolicy
+
+        table = onpolicy.markdown(onp)
+        print(f"rlvr_jax: held-out on-policy answers\n{table}", file=sys.stderr)
+        md += f"\nHeld-out on-policy answers ({n_onp}):\n\n{table}"
+    (workdir / "heldout_table.md").write_text(md)
+
+
+def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None = None) -> dict:
+    """Run (or resume) the distillation of `cfg` in `workdir`; returns results.json's content.
+
+    stop_after: return after this many SFT steps of this call (tests use it to emulate a kill).
+    """
+    meter, phases = CpuMeter(), {}
+    workdir = resolve_workdir(cfg, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    if (workdir / "results.json").is_file() and (workdir / "judge").is_dir():
+        print(f"rlvr_jax: {workdir} holds a finished distillation", file=sys.stderr)
+        return json.loads((workdir / "results.json").read_text())
+    if cfg.judge.model == "distilled":
+        raise ValueError("config judge.model: the starting model cannot be the distilled judge")
+    start = load_start(cfg)
+    data = prepare_splits(cfg, start, workdir)
+    zero_shot, _ = start.figures(start.model.state, data.held)
+    print("rlvr_jax: zero-shot " + _line(zero_shot), file=sys.stderr)
+    phases["prepare_and_cache_s"] = meter.read()["wall_s"]
+
+    writer = MetricsWriter(workdir, tensorboard=bool(cfg.train.tensorboard))
+    state, steps = train_top(cfg, start, data, writer, workdir, stop_after)
+    if state is None:
+        writer.close()
+        return {"stopped_at": steps}
     phases["sft_s"] = meter.read()["wall_s"] - phases["prepare_and_cache_s"]
 
-    state = nnx.merge_state(frozen, st.judge_params)
-    calibration = {"yes_bias": 0.0}
-    if val is not None and cfg.distill.calibrate:
-        val_before, v = figures(state, val)
-        calibration = evaluation.choose_yes_bias(val.rows, v["p_yes"], v["p_no"], val.empty)
-        calibration["val_questions"] = len(val_q)
-        calibration["val_uncalibrated"] = val_before
-        calibration["val_calibrated"], _ = figures(state, val, calibration["yes_bias"])
-        print(
-            f"rlvr_jax: calibration on {len(val_q)} validation questions: yes_bias "
-            f"{calibration['yes_bias']:+.2f}; validation before "
-            + _line(calibration["val_uncalibrated"])
-            + "; after "
-            + _line(calibration["val_calibrated"]),
-            file=sys.stderr,
-        )
+    calibration = calibrate(cfg, start, state, data)
     bias = float(calibration["yes_bias"])
-    jcfg = dataclasses.replace(jcfg, yes_bias=bias)
-    uncalibrated, rewards = figures(state)
+    jcfg = dataclasses.replace(start.jcfg, yes_bias=bias)
+    uncalibrated, rewards = start.figures(state, data.held)
     distilled = uncalibrated
     if bias != 0.0:  # the offset changes the verdicts: a pass of its own
-        distilled, rewards = figures(state, held, bias)
-    writer.write(len(plan), _scalars(distilled, "heldout/"))
-    onpolicy_heldout = onpolicy_figures(state, bias)
+        distilled, rewards = start.figures(state, data.held, bias)
+    writer.write(steps, _scalars(distilled, "heldout/"))
+    onpolicy_heldout = start.onpolicy_figures(state, data.onp, bias)
     writer.close()
     results = {
-        "steps": len(plan),
-        "train_rows": len(train.rows),
-        "train_counts": counts,
-        "heldout_questions": len(held_q),
-        "split_layer": split,
+        "steps": steps,
+        "train_rows": len(data.train.rows),
+        "train_counts": data.counts,
+        "heldout_questions": data.questions["heldout"],
+        "split_layer": start.split,
         "zero_shot": zero_shot,
         "distilled_uncalibrated": uncalibrated,
         "calibration": calibration,
@@ -285,23 +261,15 @@ def distill(cfg: Any, workdir: str | Path | None = None, stop_after: int | None 
         "passes": evaluation.passes(distilled),
         "onpolicy_heldout": onpolicy_heldout,
     }
-    results["scorer_check"] = scorer_check(model, state, jcfg, held, rewards)
-    _save_judge(workdir, model, state, jcfg, bool(cfg.train.export_hf))
+    results["scorer_check"] = scorer_check(start.model, state, jcfg, data.held, rewards)
+    _save_judge(workdir, start.model, state, jcfg, bool(cfg.train.export_hf))
     # Its figures travel with the judge, so that whoever scores with it can print them.
     quality = {"heldout": distilled, "onpolicy_heldout": onpolicy_heldout}
     (workdir / "judge" / FIGURES_FILE).write_text(json.dumps(quality, indent=2, default=float))
     results["cpu"] = {**meter.read(), **phases}
     cols = {"zero-shot": zero_shot, "distilled, yes_bias 0": uncalibrated}
     cols[f"distilled, yes_bias {bias:+.2f}"] = distilled
-    Console(stderr=True).print(evaluation.table(cols, f"judge {cfg.name}: held-out questions"))
-    md = evaluation.markdown(cols)
-    if onpolicy_heldout is not None:
-        from rlvr_jax.judge import onpolicy
-
-        table = onpolicy.markdown(onpolicy_heldout)
-        print(f"rlvr_jax: held-out on-policy answers\n{table}", file=sys.stderr)
-        md += f"\nHeld-out on-policy answers ({len(onp.rows)}):\n\n{table}"
-    (workdir / "heldout_table.md").write_text(md)
+    write_tables(cfg, workdir, cols, onpolicy_heldout, len(data.onp.rows) if data.onp else 0)
     atomic.write_json(workdir / "results.json", results)
     print(
         f"rlvr_jax: judge in {workdir / 'judge'} ({results['cpu']['wall_s']:.0f} s)",

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rlvr_jax import finite
 from rlvr_jax.judge.distill import split_model as sm
 
 
@@ -104,12 +105,15 @@ def make_train_step(
             have = "no average" if st.ema is None else "an average"
             raise ValueError(f"config distill.ema_decay: {d}, but the SFT state holds {have}")
         (loss, aux), grads = grad_fn(st.params, frozen, h, labels, weights, yes_ids, no_ids)
-        gnorm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, st.opt_state, st.params)
-        params = optax.apply_updates(st.params, updates)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-        params, opt_state = keep(params, st.params), keep(opt_state, st.opt_state)
+
+        def apply(params_and_opt):
+            params, opt_state = params_and_opt
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        (params, opt_state), ok, gnorm = finite.apply_if_finite(
+            loss, grads, apply, lambda unchanged: unchanged, (st.params, st.opt_state)
+        )
         ema = st.ema
         if ema is not None:
             ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
