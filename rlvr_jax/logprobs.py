@@ -126,7 +126,14 @@ def token_logprobs(
     """Log-probs [N,L] of the completion tokens (the last L of tokens [N,T]); group: see
     `token_logprobs_and_entropy`."""
     return token_logprobs_and_entropy(
-        graphdef, params, tokens, attn_mask, completion_len, temperature, logit_chunk, False,
+        graphdef,
+        params,
+        tokens,
+        attn_mask,
+        completion_len,
+        temperature,
+        logit_chunk,
+        False,
         group=group,
     )[0]
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rlvr_jax import losses
+from rlvr_jax import finite, losses
 from rlvr_jax.logprobs import token_logprobs_and_entropy
 from rlvr_jax.models.config import LoraConfig
 from rlvr_jax.models.lora import is_adapter
@@ -316,8 +316,6 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch):
         grads, met = loss_and_grads(graphdef, state.params, batch, cfg, trainable)
-        gnorm = optax.tree.norm(grads)
-        ok = jnp.isfinite(met["loss"]) & jnp.isfinite(gnorm)
 
         def apply(s: TrainState) -> TrainState:
             train_p, frozen_p = split_trainable(s.params, trainable)
@@ -335,8 +333,7 @@ def make_train_step(
                 nonfinite_total=s.nonfinite_total + 1, nonfinite_streak=s.nonfinite_streak + 1
             )
 
-        # cond, not where: on CPU a select over every parameter and moment costs a full pass.
-        new = jax.lax.cond(ok, apply, skip, state)
+        new, ok, gnorm = finite.apply_if_finite(met["loss"], grads, apply, skip, state)
         lr = schedule(state.step) if schedule is not None else jnp.zeros(())
         met = dict(
             met,
