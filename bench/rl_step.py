@@ -1,7 +1,7 @@
 """One whole RL step: rlvr_jax vs TRL's `GRPOTrainer` (torch CPU), SmolLM2-135M-Instruct fp32.
 
     python bench/rl_step.py --reward rule|judge [--judge DIR] [--runs 3] [--steps 2]
-        [--prompts 4] [--samples 4] [--max-new-tokens 96] [--skip-trl]
+        [--prompts 4] [--samples 4] [--max-new-tokens 96] [--skip-trl] [--no-share-prompts]
 
 Both sides run in this one process on the same weights (the default model; TRL loads rlvr_jax's
 HF export of the same arrays), the same prompts (rlvr_jax's first economics training batches,
@@ -38,7 +38,8 @@ Aligned (TRL names from trl/trainer/grpo_config.py `GRPOConfig` and grpo_trainer
   default is True; rlvr_jax's update does not rematerialise blocks), torch threads = `--threads`.
 Not aligned: TRL divides by std + 1e-4 where rlvr_jax gives a zero-std group advantage 0; TRL
 samples with transformers `generate` (a growing cache, stop per row), rlvr_jax with its jitted
-sampler; rlvr_jax also computes the Jaccard rule and decodes every response each step; its
+sampler; rlvr_jax's update and reference pass run each prompt once for its G samples
+(`optim.share_prompts`, off with --no-share-prompts), TRL runs it in every row; rlvr_jax also computes the Jaccard rule and decodes every response each step; its
 per-step master-key probe guard (`train.guards.probes`) is off here, as TRL has none.
 
 Timing: each side's first `--warmup` steps are untimed (rlvr_jax also compiles the judge for every
@@ -82,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--quiet-wait", type=float, default=30.0, help="s to wait for a quiet CPU")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument(
+        "--no-share-prompts",
+        action="store_true",
+        help="rlvr_jax runs every row's prompt in the update and reference (optim.share_prompts)",
+    )
     a = p.parse_args(argv)
     if a.warmup < 1 or a.runs < 1 or a.steps < 1 or a.samples < 2:
         p.error("--warmup, --runs, --steps must be >= 1 and --samples >= 2")
@@ -114,6 +120,7 @@ def jax_config(args: argparse.Namespace, judge: Path | None):
     c.rl.algo, c.rl.kl_mode, c.rl.beta, c.rl.loss_agg = "grpo", "loss", args.beta, "auto"
     c.rl.train_batch, c.rl.ppo_epochs = 0, 1
     c.optim.lr, c.optim.warmup_frac, c.optim.min_lr_ratio = args.lr, 0.0, 1.0
+    c.optim.share_prompts = not args.no_share_prompts
     c.judge.eval_model = ""  # the held-out evaluation never runs here: build no second judge
     c.train.guards.probes = ()
     c.train.eval_prompts = 1

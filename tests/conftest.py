@@ -227,3 +227,22 @@ def with_random_adapters(
 
 def random_tokens(seed: int, shape: tuple[int, ...], vocab: int = 259) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=shape, dtype=np.int32)
+
+
+def random_model(cfg, seed: int = 0, scale: float = 0.02):
+    """(graphdef, state) of the model `cfg` with weights drawn on the host: norm scales near 1,
+    matrices N(0, scale^2). Compiling init_model's threefry draws costs several CPU seconds even
+    for a tiny model."""
+    import jax
+    import jax.numpy as jnp
+
+    from rlvr_jax.models.transformer import abstract_model
+
+    graphdef, abstract = abstract_model(cfg)
+    rng = np.random.default_rng(seed)
+    draw = lambda s: (
+        1.0 + 0.1 * rng.standard_normal(s.shape)
+        if len(s.shape) == 1
+        else scale * rng.standard_normal(s.shape)
+    ).astype(s.dtype)
+    return graphdef, jax.tree.map(lambda s: jnp.asarray(draw(s)), abstract)

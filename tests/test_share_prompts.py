@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import random_model
 
 from rlvr_jax import builders, logprobs, update
 from rlvr_jax.models import ModelConfig
-from rlvr_jax.models.transformer import abstract_model
 
 CFG = ModelConfig("llama", 256, 64, 128, 2, 4, 2, 16, rope_theta=1e5, tie_word_embeddings=True)
 B, G, P, L = 3, 4, 7, 6
@@ -18,14 +18,7 @@ N = B * G
 
 @pytest.fixture(scope="module")
 def model():
-    graphdef, abstract = abstract_model(CFG)
-    rng = np.random.default_rng(0)
-    draw = lambda s: (
-        1.0 + 0.1 * rng.standard_normal(s.shape)
-        if len(s.shape) == 1
-        else 0.05 * rng.standard_normal(s.shape)
-    ).astype(s.dtype)
-    return graphdef, jax.tree.map(lambda s: jnp.asarray(draw(s)), abstract)
+    return random_model(CFG, scale=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import random_model
 
 from rlvr_jax import logprobs, update
 from rlvr_jax.models import ModelConfig
-from rlvr_jax.models.transformer import abstract_model, forward, positions_from_mask
+from rlvr_jax.models.transformer import forward, positions_from_mask
 
 CFG = ModelConfig("llama", 256, 64, 128, 2, 4, 2, 16, rope_theta=1e5, tie_word_embeddings=True)
 N, P, L = 8, 6, 5
@@ -27,16 +28,7 @@ def optim_cfg(**kw):
 
 @pytest.fixture(scope="module")
 def model():
-    # Host-side random init of the abstract model: compiling init_model's threefry draws costs
-    # several CPU seconds even for this tiny model.
-    graphdef, abstract = abstract_model(CFG)
-    rng = np.random.default_rng(0)
-    draw = lambda s: (
-        1.0 + 0.1 * rng.standard_normal(s.shape)
-        if len(s.shape) == 1
-        else 0.02 * rng.standard_normal(s.shape)
-    ).astype(s.dtype)
-    return graphdef, jax.tree.map(lambda s: jnp.asarray(draw(s)), abstract)
+    return random_model(CFG)
 
 
 def fresh_copy(params):
