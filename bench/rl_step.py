@@ -39,13 +39,15 @@ Aligned (TRL names from trl/trainer/grpo_config.py `GRPOConfig` and grpo_trainer
 Not aligned: TRL divides by std + 1e-4 where rlvr_jax gives a zero-std group advantage 0; TRL
 samples with transformers `generate` (a growing cache, stop per row), rlvr_jax with its jitted
 sampler; rlvr_jax's update and reference pass run each prompt once for its G samples
-(`optim.share_prompts`, off with --no-share-prompts), TRL runs it in every row; rlvr_jax also computes the Jaccard rule and decodes every response each step; its
-per-step master-key probe guard (`train.guards.probes`) is off here, as TRL has none.
+(`optim.share_prompts`, off with --no-share-prompts), TRL runs it in every row, and rlvr_jax's
+judge runs a question's shared prompt part once for its G answers (`scoring.Judge`); rlvr_jax
+also computes the Jaccard rule and decodes every response each step; its per-step master-key
+probe guard (`train.guards.probes`) is off here, as TRL has none.
 
-Timing: each side's first `--warmup` steps are untimed (rlvr_jax also compiles the judge for every
-prompt-length bucket first: a long run has met them all). Then runs of `--steps` steps alternate
-sides (TRL's steps all run inside one `train()` call; a callback runs rlvr_jax's run after each TRL
-run), so both see the same background load. Per run: the CPU share other processes used
+Timing: each side's first `--warmup` steps are untimed (rlvr_jax also compiles the judge for the
+warm-up batches' questions at every answer-length bucket first: a long run has met them all).
+Then runs of `--steps` steps alternate sides (TRL's steps all run inside one `train()` call; a
+callback runs rlvr_jax's run after each TRL run), so both see the same background load. Per run: the CPU share other processes used
 (/proc/stat); medians prefer uncontended runs (`contention.robust_median`). Phases, seconds per
 step: rlvr_jax from `rl_step`'s metrics (time/rollout_s, time/judge_s = rules + judge,
 time/reference_s, time/update_s); TRL from timers wrapped around its methods (trl_grpo.py:
@@ -131,17 +133,17 @@ def jax_config(args: argparse.Namespace, judge: Path | None):
     return c
 
 
-def warm_judge(judge) -> None:
-    """Compile the judge's shared-prefix program for every bucket a prompt within its budget can
-    reach, by scoring one synthetic row per bucket."""
-    from rlvr_jax.judge.prompts import JudgePrompt
-    from rlvr_jax.tokenizer import bucket_length
-
-    prefix, cfg = judge.prefix_ids, judge.cfg
-    filler = judge.tok.encode("x")[0]
-    top = cfg.max_prompt_len - len(prefix)
-    for b in sorted({bucket_length(t, cfg.buckets) for t in range(1, top + 1)}):
-        judge.score_prompts([JudgePrompt(prefix + [filler] * b)])
+def warm_judge(judge, batches, g: int) -> None:
+    """Compile the judge's programs for the shapes the timed steps can meet: every batch's
+    questions (the timed steps cycle through the same batches), each with g answers, at answer
+    lengths that reach every bucket up to the longest a rollout can write."""
+    for batch in batches:
+        rows = [ex for ex in batch for _ in range(g)]
+        for words in (2, 12, 28, 44, 60, 90, 120):
+            # Distinct answers (a group's prefix ends where they differ) of about `words` tokens.
+            answers = [f"Therefore, the answer is {k} " + "x " * words for k in range(len(rows))]
+            judge.score([ex.question for ex in rows], answers, [ex.reference for ex in rows],
+                        cut=[False] * len(rows))  # fmt: skip
 
 
 class JaxSide:
@@ -247,7 +249,7 @@ def bench(args: argparse.Namespace, jdir: Path | None, tmp: Path) -> None:
           f"{f' (judge {jdir})' if jdir else ''}; jax {jax.__version__}", flush=True)  # fmt: skip
     if side.run.rewards.judge is not None:
         t0 = time.perf_counter()
-        warm_judge(side.run.rewards.judge)
+        warm_judge(side.run.rewards.judge, side.batches, args.samples)
         print(f"rlvr_jax: judge compiled for every bucket in {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     first = side.steps(args.warmup)

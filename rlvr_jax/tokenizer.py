@@ -110,6 +110,15 @@ def left_pad(
     return ids, mask
 
 
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """How many first tokens all of `seqs` share."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs):
+            return i
+    return n
+
+
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= n (so a run compiles once per bucket, not once per length)."""
     for b in sorted(buckets):

@@ -209,6 +209,35 @@ def test_empty_response_gets_zero_without_failing(tiny):
     assert seen == [1]
 
 
+def test_grouped_prefixes_equal_full_forward(tiny):
+    """A rollout's answers to one question share the question and reference as one prefix, run
+    once; mixed with other questions, identical answers and a batch split, every row scores as
+    the full forward scores it."""
+    _, judge = tiny
+    qs = ["What is the price elasticity of a vertical demand curve?", "Name the capital of France."]
+    refs = ["zero", "Paris"]
+    answers = [["It is zero.", "The answer is 0.", "Infinite, I think.", "It is zero."],
+               ["Paris", "Lyon is the capital of France.", "Marseille"]]  # fmt: skip
+    q = [qs[i] for i, a in enumerate(answers) for _ in a]
+    r = [refs[i] for i, a in enumerate(answers) for _ in a]
+    prompts = judge.prompts(q, [x for a in answers for x in a], r)
+    lp = len(judge.prefix_ids)
+    cuts = scoring.shared_prefix_lengths([p.ids for p in prompts], lp)
+    assert min(cuts[:4]) > lp + 8 and min(cuts[4:]) > lp + 8  # the question is in the prefix
+    assert all(c < len(p.ids) for p, c in zip(prompts, cuts, strict=True))
+    assert scoring.shared_prefix_lengths([prompts[0].ids, prompts[5].ids], lp) == [lp, lp]
+    seqs = [p.ids for p in prompts]
+    ids, mask = left_pad(seqs, max(map(len, seqs)), judge.tok.pad_id)
+    full = scoring.judge_scores(judge.graphdef, judge.state, ids, mask, judge.yes_ids,
+                                judge.no_ids, jnp.ones(len(seqs), bool))  # fmt: skip
+    small = dataclasses.replace(judge.cfg, batch_size=4)  # 7 rows: two batches
+    for j in (judge, scoring.Judge(judge.graphdef, judge.state, judge.tok, small)):
+        got = j.score_prompts(prompts)
+        np.testing.assert_allclose(got.p_yes, np.asarray(full.p_yes), atol=1e-6)
+        np.testing.assert_allclose(got.p_no, np.asarray(full.p_no), atol=1e-6)
+        np.testing.assert_array_equal(got.greedy, np.asarray(full.greedy))
+
+
 def test_over_budget_cuts_question_then_response_never_reference(tiny_tokenizer):
     tok = tiny_tokenizer
     question = "Q" * 300 + " What is the answer?"

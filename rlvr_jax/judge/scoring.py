@@ -33,7 +33,7 @@ from rlvr_jax.judge.prompts import JudgeConfig, JudgePrompt, build_judge_prompt,
 from rlvr_jax.models.kv_cache import KVCache
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 from rlvr_jax.multihost import to_host
-from rlvr_jax.tokenizer import Tokenizer, bucket_length, left_pad
+from rlvr_jax.tokenizer import Tokenizer, bucket_length, common_prefix_len, left_pad
 
 # ----------------------------------------------------------------------------------------------
 # The three verdicts, by JudgeScores.verdict code.
@@ -137,7 +137,9 @@ def judge_scores(
 def judge_scores_shared_prefix(
     graphdef: nnx.GraphDef,
     state: nnx.State,
-    prefix: jax.Array,
+    prefix_ids: jax.Array,
+    prefix_mask: jax.Array,
+    owner: jax.Array,
     ids: jax.Array,
     mask: jax.Array,
     yes_ids: jax.Array,
@@ -145,21 +147,54 @@ def judge_scores_shared_prefix(
     valid: jax.Array,
     yes_bias: jax.Array | float = 0.0,
 ) -> JudgeScores:
-    """`judge_scores` for prompts that all start with the same tokens `prefix` [Lp].
+    """`judge_scores` for prompts made of a shared prefix and a row's own tokens.
 
-    The prefix (system message and instructions: most of the paper prompt) is computed once, its
-    KV cache shared by the N rows, whose remaining tokens ids/mask [N,Ts] are left-padded: padding
-    sits between the prefix and a row's own tokens, masked out, with positions that skip it. The
-    same attention as the full forward over prefix + row, for about a third of the work.
+    prefix_ids/prefix_mask [U,Lp] (left-padded): the distinct prefixes (the template's
+    instructions; with a rollout's G answers to one question, the question and reference too);
+    owner [N]: each row's prefix; ids/mask [N,Ts] (left-padded): the rows' remaining tokens. The
+    prefixes are computed once into a KV cache that their rows attend to; padding sits between a
+    prefix and a row's tokens, masked out, with positions that skip it. The same attention as the
+    full forward over prefix + row, for the prefixes' share of the work less.
     """
-    lp, (n, ts) = prefix.shape[0], ids.shape
     cfg = nnx.merge(graphdef, state).cfg  # trace time only: the model's static config
-    cache = KVCache.init(cfg, 1, lp + ts)
-    pos = jnp.arange(lp, dtype=jnp.int32)[None]
-    _, cache = forward(graphdef, state, prefix[None], pos, None, cache, True)
-    positions = lp + positions_from_mask(mask)
-    hidden, _ = forward(graphdef, state, ids, positions, mask, cache.repeat(n), True)
+    u, lp = prefix_ids.shape
+    cache = KVCache.init(cfg, u, lp + ids.shape[1])
+    pos = positions_from_mask(prefix_mask)
+    _, cache = forward(graphdef, state, prefix_ids, pos, prefix_mask, cache, True)
+    take = lambda x: jnp.take(x, owner, axis=0)
+    rows = cache.replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)),
+                         mask=take(cache.mask))  # fmt: skip
+    positions = take(prefix_mask.sum(-1, dtype=jnp.int32))[:, None] + positions_from_mask(mask)
+    hidden, _ = forward(graphdef, state, ids, positions, mask, rows, True)
     return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid, yes_bias)
+
+
+def shared_prefix_lengths(seqs: Sequence[Sequence[int]], floor: int, extra: int = 8) -> list[int]:
+    """Per token sequence, how many first tokens to compute as a shared prefix.
+
+    `floor`: the length every sequence shares (the template's prefix). Sequences that share more
+    than floor + extra tokens with a neighbour in sorted order (a rollout's answers to one
+    question: same question and reference) form a run, and share the run's common prefix; every
+    sequence keeps at least its last token as its own (the verdict is read there).
+    """
+    out = [floor] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    run = [order[0]] if order else []
+
+    def close(run: list[int]) -> None:
+        if len(run) > 1:
+            cut = min(common_prefix_len([seqs[i] for i in run]), min(len(seqs[i]) for i in run) - 1)
+            for i in run:
+                out[i] = max(floor, cut)
+
+    for a, b in zip(order, order[1:], strict=False):
+        if common_prefix_len([seqs[a], seqs[b]]) > floor + extra:
+            run.append(b)
+        else:
+            close(run)
+            run = [b]
+    close(run)
+    return out
 
 
 DEFAULT_CONFIG = JudgeConfig()  # frozen: safe to share as a default
@@ -225,26 +260,29 @@ class Judge:
         """Score tokenized judge prompts in fixed-size batches, each padded to a length bucket.
 
         Prompts starting with the template's shared prefix (all of them, unless a budget cut kept
-        only a prompt's tail) go through `judge_scores_shared_prefix`, the rest through
-        `judge_scores`. Rows are sorted by length so that a batch pads to its own longest row;
-        results come back in input order. `progress(k)` is called after each batch of k rows.
-        Empty prompts (the response commits to nothing) never reach the model: they read as a
-        sure NO (p_yes 0, p_no 1, the first NO spelling as the greedy token, every reward 0).
+        only a prompt's tail) go through `judge_scores_shared_prefix`, with a longer prefix where
+        several prompts share more (`shared_prefix_lengths`: a rollout's answers to one question),
+        the rest through `judge_scores`. Rows are sorted by the length of their own tokens so that
+        a batch pads to its own longest row; results come back in input order. `progress(k)` is
+        called after each batch of k rows. Empty prompts (the response commits to nothing) never
+        reach the model: they read as a sure NO (p_yes 0, p_no 1, the first NO spelling as the
+        greedy token, every reward 0).
         """
         prefix = self.prefix_ids
         lp = len(prefix)
-        shared = [lp > 0 and len(p.ids) > lp and p.ids[:lp] == prefix for p in prompts]
-        groups = [
-            [i for i in range(len(prompts)) if shared[i] == s and not prompts[i].empty]
-            for s in (True, False)
-        ]
+        live = [i for i, p in enumerate(prompts) if not p.empty]
+        shared = [i for i in live if lp > 0 and len(prompts[i].ids) > lp
+                  and prompts[i].ids[:lp] == prefix]  # fmt: skip
+        alone = sorted(set(live) - set(shared), key=lambda i: len(prompts[i].ids))
+        lens = shared_prefix_lengths([prompts[i].ids for i in shared], lp)
+        cuts = dict(zip(shared, lens, strict=True))
+        shared.sort(key=lambda i: len(prompts[i].ids) - cuts[i])
         parts: list[tuple[list[int], JudgeScores]] = []
-        for use_prefix, group in zip((True, False), groups, strict=True):
-            group.sort(key=lambda i: len(prompts[i].ids))
+        for group, cut in ((shared, cuts), (alone, None)):
             for s in range(0, len(group), self.cfg.batch_size):
                 idx = group[s : s + self.cfg.batch_size]
-                out = self._score_batch([prompts[i] for i in idx], lp if use_prefix else 0)
-                parts.append((idx, out))
+                heads = [cut[i] for i in idx] if cut is not None else None
+                parts.append((idx, self._score_batch([prompts[i] for i in idx], heads)))
                 if progress is not None:
                     progress(len(idx))
         cols = {f.name: np.zeros(len(prompts), np.float32) for f in dataclasses.fields(JudgeScores)}
@@ -266,26 +304,40 @@ class Judge:
             cut_hard=sum(p.cut_hard for p in prompts),
         )
 
-    def _score_batch(self, rows: list[JudgePrompt], lp: int) -> JudgeScores:
-        """One jitted call for <= batch_size rows (padded with copies of the first row)."""
+    def _score_batch(self, rows: list[JudgePrompt], cuts: list[int] | None) -> JudgeScores:
+        """One jitted call for <= batch_size rows (padded with copies of the first row); cuts:
+        each row's shared prefix length (None: no prefix, the whole prompt in one pass)."""
         k, pad = len(rows), self.cfg.batch_size - len(rows)
-        seqs = [p.ids[lp:] for p in rows] + [rows[0].ids[lp:]] * pad
-        length = bucket_length(max(map(len, seqs)), self.cfg.buckets)
-        ids, mask = left_pad(seqs, length, self.tok.pad_id)
-        valid = np.array([not p.empty for p in rows] + [False] * pad)
-        prefix = np.asarray(rows[0].ids[:lp], np.int32)
+        rows = rows + [rows[0]] * pad
+        cuts = [0] * len(rows) if cuts is None else cuts + [cuts[0]] * pad
+        valid = np.array([True] * k + [False] * pad)
+        ids, mask = self._padded([p.ids[c:] for p, c in zip(rows, cuts, strict=True)])
+        extra = ()
+        if cuts[0]:
+            heads: dict[tuple[int, ...], int] = {}
+            owner = [
+                heads.setdefault(tuple(p.ids[:c]), len(heads))
+                for p, c in zip(rows, cuts, strict=True)
+            ]
+            # Prefix rows padded to a power of two, their length to a bucket: few shapes to compile.
+            fill = [next(iter(heads))] * ((1 << (len(heads) - 1).bit_length()) - len(heads))
+            extra = (*self._padded(list(heads) + fill), np.asarray(owner, np.int32))
         if self.batch_sharding is not None:
             ids, mask, valid = jax.device_put((ids, mask, valid), self.batch_sharding)
-            if isinstance(self.batch_sharding, NamedSharding):
+            if isinstance(self.batch_sharding, NamedSharding) and extra:
                 whole = NamedSharding(self.batch_sharding.mesh, PartitionSpec())
-                prefix = jax.device_put(prefix, whole)
+                extra = tuple(jax.device_put(x, whole) for x in extra)
         args = (self.yes_ids, self.no_ids, valid, np.float32(self.cfg.yes_bias))
-        if lp:
-            out = judge_scores_shared_prefix(self.graphdef, self.state, prefix, ids, mask, *args)
+        if extra:
+            out = judge_scores_shared_prefix(self.graphdef, self.state, *extra, ids, mask, *args)
         else:
             out = judge_scores(self.graphdef, self.state, ids, mask, *args)
         # to_host: rows split over other processes' devices are gathered (multihost.py).
         return jax.tree.map(lambda x: to_host(x)[:k], out)
+
+    def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """seqs left-padded to the bucket of the longest: (ids [n, T], mask [n, T])."""
+        return left_pad(seqs, bucket_length(max(map(len, seqs)), self.cfg.buckets), self.tok.pad_id)
 
     def score(
         self,

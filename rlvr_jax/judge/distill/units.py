@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rlvr_jax.tokenizer import bucket_length
+from rlvr_jax.tokenizer import bucket_length, common_prefix_len
 
 PREFIX_BUCKETS = (32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048)
 SUFFIX_BUCKETS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 384, 512, 1024, 2048)
@@ -62,15 +62,6 @@ class Batch:
     valid: np.ndarray
 
 
-def _lcp(seqs: Sequence[Sequence[int]]) -> int:
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for i in range(n):
-        t = first[i]
-        if any(s[i] != t for s in seqs):
-            return i
-    return n
-
-
 def build_buckets(
     ids: Sequence[Sequence[int]],
     keys: Sequence[tuple],
@@ -90,7 +81,7 @@ def build_buckets(
     units: dict[tuple[int, int], list[tuple[list[int], list[int]]]] = {}
     for members in groups.values():
         seqs = [ids[i] for i in members]
-        cut = min(_lcp(seqs), min(len(s) for s in seqs) - 1)
+        cut = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
         p = bucket_length(max(cut, 1), PREFIX_BUCKETS)
         members = sorted(members, key=lambda i: len(ids[i]))
         for chunk in _split_by_length([len(ids[i]) - cut for i in members], p, max_suffixes):
