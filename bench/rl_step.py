@@ -47,8 +47,9 @@ probe guard (`train.guards.probes`) is off here, as TRL has none.
 Timing: each side's first `--warmup` steps are untimed (rlvr_jax also compiles the judge for the
 warm-up batches' questions at every answer-length bucket first: a long run has met them all).
 Then runs of `--steps` steps alternate sides (TRL's steps all run inside one `train()` call; a
-callback runs rlvr_jax's run after each TRL run), so both see the same background load. Per run: the CPU share other processes used
-(/proc/stat); medians prefer uncontended runs (`contention.robust_median`). Phases, seconds per
+callback runs rlvr_jax's run after each TRL run), so both see the same background load. Per
+run: the CPU share other processes used (/proc/stat); medians prefer uncontended runs
+(`contention.robust_median`). Phases, seconds per
 step: rlvr_jax from `rl_step`'s metrics (time/rollout_s, time/judge_s = rules + judge,
 time/reference_s, time/update_s); TRL from timers wrapped around its methods (trl_grpo.py:
 generation, reward, reference; update = the optimizer step's remaining time: forward/backward
