@@ -251,9 +251,8 @@ def bench(args: argparse.Namespace, jdir: Path | None, tmp: Path) -> None:
     if side.run.rewards.judge is not None:
         t0 = time.perf_counter()
         warm_judge(side.run.rewards.judge, side.batches, args.samples)
-        print(
-            f"rlvr_jax: judge compiled for the batches at every length bucket in {time.perf_counter() - t0:.0f} s"
-        )
+        secs = time.perf_counter() - t0
+        print(f"rlvr_jax: judge compiled for the batches at every length bucket in {secs:.0f} s")
     t0 = time.perf_counter()
     first = side.steps(args.warmup)
     mean_reward = statistics.mean(s["reward_mean"] for s in first)
