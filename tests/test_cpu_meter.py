@@ -7,13 +7,17 @@ from rlvr_jax.cpu_meter import CpuMeter, busy_seconds
 
 
 def test_meter_counts_own_cpu_and_wall():
+    t0 = time.perf_counter()
     with CpuMeter() as m:
         t = time.process_time()
         while time.process_time() - t < 0.2:  # burn CPU in this process
             pass
         time.sleep(0.1)  # and wait without it
+    elapsed = time.perf_counter() - t0
     assert m.own >= 0.2
-    assert m.wall >= 0.3
+    # Process CPU counts every thread (a library's pool may run beside the loop), so the loop's
+    # wall time can be under 0.2 s: the meter's wall is checked against a clock read around it.
+    assert 0.1 <= m.wall <= elapsed
     assert 0.0 <= m.other_share <= 1.0
     assert busy_seconds() > 0
     r = m.read()  # the meter keeps running after the block
