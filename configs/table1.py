@@ -7,9 +7,9 @@ Variants:
 - (none): CPU-sized. The default policy on the questions of every shipped subject (the run
   settings of configs/econ.py) with the distilled reward judge, evaluated by the evaluation judge
   on every test question (151).
-- `:core`: the cells of the CPU grid that one 3-hour session finishes, in the same sweep
-  directory (they count toward the whole grid): RLOO with the judge's soft reward and with the
-  likelihood reward on both seeds; RLPR, Jaccard and SFT on seed 0.
+- `:core`: the cells of the CPU grid that matter most, in the same sweep directory (they count
+  toward the whole grid): RLOO with the judge's soft reward, the likelihood and the RLPR reward on
+  both seeds; Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
 - `:smoke`: the tiny random policy on the synthetic echo task with the rule rewards; minutes.
 - `:accel`: accelerator-sized: more prompts, samples, tokens and steps, three seeds.
 """
@@ -61,7 +61,7 @@ def get_config(arg: str | None = None):
                 for name, seeds in (
                     ("rloo_soft", (0, 1)),
                     ("rloo_likelihood", (0, 1)),
-                    ("rloo_rlpr", (0,)),
+                    ("rloo_rlpr", (0, 1)),
                     ("rloo_rule_jaccard", (0,)),
                     ("sft", (0,)),
                 )
