@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlvr_jax.models.kv_cache import KVCache
+from rlvr_jax.models.prefix import continue_rows, prefill
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 
 
@@ -49,24 +49,17 @@ def _shared_prompt_hidden(graphdef, params, tokens, attn_mask, completion_len, g
 
     Rows g*i .. g*i+g-1 must hold the same prompt (their first T-L tokens and mask), as a
     rollout's samples of one prompt do. The U = N/g prompts are prefilled into a KV cache, which
-    their rows' completions then attend to, as the sampler does: the prompt's activations (and, in
-    the update, their backward pass) cost 1/g of the unshared pass, and the results are the same
-    up to the rounding of the sums. The prompt's last position predicts the first completion token.
+    their rows' completions then attend to (`models.prefix`), as the sampler does: the prompt's
+    activations (and, in the update, their backward pass) cost 1/g of the unshared pass. The
+    prompt's last position predicts the first completion token.
     """
     n, t = tokens.shape
     p = t - completion_len
-    cfg = nnx.merge(graphdef, params).cfg  # trace time only: the model's static config
-    prompt, pmask = tokens[::group, :p], attn_mask[::group, :p]
-    cache = KVCache.init(cfg, n // group, t)
-    hp, cache = forward(
-        graphdef, params, prompt, positions_from_mask(pmask), pmask, cache, True, remat
-    )
-    comp, cmask = tokens[:, p:], attn_mask[:, p:]
-    n_prompt = jnp.repeat(pmask.sum(-1, dtype=jnp.int32), group)
-    positions = n_prompt[:, None] + positions_from_mask(cmask)
-    hc, _ = forward(graphdef, params, comp, positions, cmask, cache.repeat(group), True, remat)
-    last = jnp.repeat(hp[:, -1:], group, axis=0)
-    return jnp.concatenate([last, hc[:, :-1]], axis=1)
+    pmask = attn_mask[::group, :p]
+    hp, cache = prefill(graphdef, params, tokens[::group, :p], pmask, completion_len, remat)
+    owner = jnp.arange(n) // group
+    hc = continue_rows(graphdef, params, cache, tokens[:, p:], attn_mask[:, p:], owner, remat)
+    return jnp.concatenate([jnp.take(hp[:, -1:], owner, axis=0), hc[:, :-1]], axis=1)
 
 
 def token_logprobs_and_entropy(

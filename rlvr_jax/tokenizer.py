@@ -110,9 +110,10 @@ def left_pad(
     return ids, mask
 
 
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """How many first tokens all of `seqs` share."""
-    first, n = seqs[0], min(len(s) for s in seqs)
+def common_prefix_len(seqs: Sequence[Sequence[int]], own: int = 0) -> int:
+    """How many first tokens all of `seqs` share, at most so many that every sequence keeps
+    `own` tokens after them (a prefix run once for all of them, the rest each row's own)."""
+    first, n = seqs[0], min(len(s) for s in seqs) - own
     for i in range(n):
         if any(s[i] != first[i] for s in seqs):
             return i

@@ -47,8 +47,7 @@ from rlvr_jax import mesh as mesh_lib
 from rlvr_jax import multihost as mh
 from rlvr_jax.judge.answers import answer_line_start
 from rlvr_jax.logprobs import completion_logprobs
-from rlvr_jax.models.kv_cache import KVCache
-from rlvr_jax.models.transformer import forward, positions_from_mask
+from rlvr_jax.models.prefix import continue_rows, prefill
 from rlvr_jax.tokenizer import Message, Tokenizer, left_pad
 
 # The rewards read from the scoring policy's own likelihood of the reference (config judge.reward).
@@ -195,11 +194,10 @@ def debiased(mean_p: jax.Array, base_p: jax.Array) -> jax.Array:
     return jnp.clip(mean_p - base_p, 0.0, 1.0)
 
 
-def _suffix_logprobs(graphdef, params, cache, ids, mask, n_prompt, ref_len):
+def _suffix_logprobs(graphdef, params, cache, ids, mask, owner, ref_len):
     """Log-probs [rows, R] of the last R tokens of suffixes ids/mask [rows, S] that continue the
-    prompts in `cache` (n_prompt [rows] real prompt tokens each)."""
-    positions = n_prompt[:, None] + positions_from_mask(mask)
-    hidden, _ = forward(graphdef, params, ids, positions, mask, cache, True)
+    prompts owner [rows] of `cache` (None: row n continues prompt n)."""
+    hidden = continue_rows(graphdef, params, cache, ids, mask, owner)
     return completion_logprobs(graphdef, params, hidden, ids, ref_len)
 
 
@@ -220,29 +218,19 @@ def likelihood_pass(
 ) -> LikelihoodScores:
     """The scores of one batch (see `HostBatch` for the shapes): U prompts prefilled once, then
     the U baseline suffixes and the N row suffixes from their prompts' cache rows."""
-    cfg = nnx.merge(graphdef, params).cfg  # trace time only: the model's static config
-    p, s = prompt_ids.shape[1], max(suffix_ids.shape[1], base_ids.shape[1])
-    cache = KVCache.init(cfg, prompt_ids.shape[0], p + s)
-    _, cache = forward(
-        graphdef, params, prompt_ids, positions_from_mask(prompt_mask), prompt_mask, cache, True
-    )
-    n_prompt = prompt_mask.sum(-1, dtype=jnp.int32)
+    room = max(suffix_ids.shape[1], base_ids.shape[1])
+    _, cache = prefill(graphdef, params, prompt_ids, prompt_mask, room)
 
     def mean_stats(logp, m):
         m = m.astype(jnp.float32)
         count = jnp.maximum(m.sum(-1), 1.0)
         return (logp * m).sum(-1) / count, (jnp.exp(logp) * m).sum(-1) / count
 
-    base_lp = _suffix_logprobs(graphdef, params, cache, base_ids, base_mask, n_prompt, ref_len)
+    base_lp = _suffix_logprobs(graphdef, params, cache, base_ids, base_mask, None, ref_len)
     _, base_p = mean_stats(base_lp, base_ref_mask)
-    take = lambda x: jnp.take(x, group, axis=0)
-    rows_cache = cache.replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)),
-                               mask=take(cache.mask))  # fmt: skip
-    lp = _suffix_logprobs(
-        graphdef, params, rows_cache, suffix_ids, suffix_mask, take(n_prompt), ref_len
-    )
+    lp = _suffix_logprobs(graphdef, params, cache, suffix_ids, suffix_mask, group, ref_len)
     likelihood, mean_p = mean_stats(lp, ref_mask)
-    base_rows = take(base_p)
+    base_rows = jnp.take(base_p, group, axis=0)
     return LikelihoodScores(
         likelihood=likelihood,
         mean_p=mean_p,

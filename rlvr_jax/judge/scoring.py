@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rlvr_jax.judge.prompts import JudgeConfig, JudgePrompt, build_judge_prompt, verdict_ids
-from rlvr_jax.models.kv_cache import KVCache
+from rlvr_jax.models.prefix import continue_rows, prefill
 from rlvr_jax.models.transformer import forward, lm_logits, positions_from_mask
 from rlvr_jax.multihost import to_host
 from rlvr_jax.tokenizer import Tokenizer, bucket_length, common_prefix_len, left_pad
@@ -152,20 +152,11 @@ def judge_scores_shared_prefix(
     prefix_ids/prefix_mask [U,Lp] (left-padded): the distinct prefixes (the template's
     instructions; with a rollout's G answers to one question, the question and reference too);
     owner [N]: each row's prefix; ids/mask [N,Ts] (left-padded): the rows' remaining tokens. The
-    prefixes are computed once into a KV cache that their rows attend to; padding sits between a
-    prefix and a row's tokens, masked out, with positions that skip it. The same attention as the
-    full forward over prefix + row, for the prefixes' share of the work less.
+    prefixes run once (`models.prefix`): the full forward's verdicts, for the prefixes' share of
+    the work less.
     """
-    cfg = nnx.merge(graphdef, state).cfg  # trace time only: the model's static config
-    u, lp = prefix_ids.shape
-    cache = KVCache.init(cfg, u, lp + ids.shape[1])
-    pos = positions_from_mask(prefix_mask)
-    _, cache = forward(graphdef, state, prefix_ids, pos, prefix_mask, cache, True)
-    take = lambda x: jnp.take(x, owner, axis=0)
-    rows = cache.replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)),
-                         mask=take(cache.mask))  # fmt: skip
-    positions = take(prefix_mask.sum(-1, dtype=jnp.int32))[:, None] + positions_from_mask(mask)
-    hidden, _ = forward(graphdef, state, ids, positions, mask, rows, True)
+    _, cache = prefill(graphdef, state, prefix_ids, prefix_mask, ids.shape[1])
+    hidden = continue_rows(graphdef, state, cache, ids, mask, owner)
     return _scores(lm_logits(graphdef, state, hidden[:, -1]), yes_ids, no_ids, valid, yes_bias)
 
 
@@ -183,7 +174,7 @@ def shared_prefix_lengths(seqs: Sequence[Sequence[int]], floor: int, extra: int 
 
     def close(run: list[int]) -> None:
         if len(run) > 1:
-            cut = min(common_prefix_len([seqs[i] for i in run]), min(len(seqs[i]) for i in run) - 1)
+            cut = common_prefix_len([seqs[i] for i in run], own=1)
             for i in run:
                 out[i] = max(floor, cut)
 

@@ -52,6 +52,12 @@ class KVCache:
             k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), mask=rep(self.mask)
         )
 
+    def take(self, rows: jax.Array) -> KVCache:
+        """The cache rows `rows` [M] (a row may be taken several times): [N,...] -> [M,...]."""
+        take = lambda x: jnp.take(x, rows, axis=0)
+        return self.replace(k=tuple(map(take, self.k)), v=tuple(map(take, self.v)),
+                            mask=take(self.mask))  # fmt: skip
+
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in (*self.k, *self.v, self.mask))
 

@@ -81,7 +81,7 @@ def build_buckets(
     units: dict[tuple[int, int], list[tuple[list[int], list[int]]]] = {}
     for members in groups.values():
         seqs = [ids[i] for i in members]
-        cut = min(common_prefix_len(seqs), min(len(s) for s in seqs) - 1)
+        cut = common_prefix_len(seqs, own=1)
         p = bucket_length(max(cut, 1), PREFIX_BUCKETS)
         members = sorted(members, key=lambda i: len(ids[i]))
         for chunk in _split_by_length([len(ids[i]) - cut for i in members], p, max_suffixes):
