@@ -96,3 +96,51 @@ def test_prose_and_conflicting_rows():
         assert v.kind == "answer" and " ; " in v.text and EX.reference in v.text
     assert E.prose_rows([EX], 0, 1) == prose  # same seed, same rows
     assert np.all([r["question"] == EX.question for r in prose + conf])
+
+
+def _sampled(qid, completion, stopped=True):
+    return {"id": qid, "subject": "economics", "question": f"{qid}?", "reference": "x",
+            "completion": completion, "completion_ids": [1, 2, 3], "stopped": stopped}  # fmt: skip
+
+
+def test_new_answers_join_their_questions_split_only_when_both_readers_agree(tmp_path, capsys):
+    from rlvr_jax.cli import onpolicy_answers as cli
+
+    file = tmp_path / "answers.jsonl"
+    old = [_row(1, 0), _row(2, 0, split="train")]
+    file.write_text("".join(json.dumps(r) + "\n" for r in old))
+    samples = tmp_path / "s.jsonl"
+    got = [_sampled("q1", "It is x."), _sampled("q2", "It is y, and", stopped=False)]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in got))
+    sheet = cli.sheet(cli._samples(samples))
+    # The sheet shows a reader what the rule needs, never which policy or sample wrote the answer.
+    assert sorted(r["response"] for r in sheet) == ["It is x.", "It is y, and"]
+    assert all(set(r) == {"id", "question", "reference", "response", "cut"} for r in sheet)
+
+    def labels(name, verdicts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": r["id"], "response": r["response"], "label": v,
+                                            "reason": "r"}) + "\n"
+                                for r, v in zip(sheet, verdicts, strict=True)))  # fmt: skip
+        return path
+
+    a, b = labels("a.jsonl", [1, 0]), labels("b.jsonl", [1, 1])
+    args = ["add", "--samples", str(samples), "--policy", "rl", "--sample", "greedy",
+            "--labels", str(a), "--second", str(b), "--file", str(file)]  # fmt: skip
+    assert cli.main(args) == 1 and "disagree" in capsys.readouterr().err
+    assert file.read_text().count("\n") == 2  # nothing written
+    b = labels("b.jsonl", [1, 0])
+    assert cli.main(args) == 0
+    rows = onpolicy.load(file)
+    new = {r["id"]: r for r in rows[2:]}
+    assert new["q1"]["split"] == "heldout" and new["q2"]["split"] == "train"
+    assert new["q2"]["cut"] is True and new["q1"]["policy"] == "rl"
+    by_sheet = {r["id"]: v for r, v in zip(sheet, [1, 0], strict=True)}
+    assert [new[q]["correct"] for q in ("q1", "q2")] == [by_sheet["q1"], by_sheet["q2"]]
+    # An answer to a question the file does not hold has no split: one line naming it.
+    samples.write_text(json.dumps(_sampled("q7", "It is x.")) + "\n")
+    a = tmp_path / "c.jsonl"
+    a.write_text(json.dumps({"id": "q7", "response": "It is x.", "label": 1}) + "\n")
+    assert cli.main(["add", "--samples", str(samples), "--policy", "rl", "--sample", "greedy",
+                     "--labels", str(a), "--second", str(a), "--file", str(file)]) == 2  # fmt: skip
+    assert "q7: a question the file does not hold" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""Grow the on-policy labelled answers (data/onpolicy/answers.jsonl) with another policy's answers.
+
+    python tools/onpolicy_answers.py prompts --out P.jsonl
+    python tools/sample.py --model MODEL_DIR --prompts P.jsonl --out S.jsonl --max-new-tokens 160 \
+        --temperature 0
+    python tools/onpolicy_answers.py sheet --samples S.jsonl --out SHEET.jsonl
+    (two readers label SHEET independently and blind: rows {id, response, label 0/1, reason})
+    python tools/onpolicy_answers.py add --samples S.jsonl --policy NAME --sample greedy \
+        --labels A.jsonl --second B.jsonl [--file data/onpolicy/answers.jsonl]
+
+`prompts`: every training question of the shipped subjects with the paper's system prompt, as
+tools/sample.py input rows that keep id, subject, question and reference. `sheet`: the sampled
+answers shuffled, with only what a reader needs (id, question, reference, response, cut), so the
+reader cannot tell which policy or sample wrote an answer. `add`: appends the answers with the
+first reader's label (`correct`), the second's (`second_label`) and the first's reason (`note`),
+each in its question's split of the file (a question new to the file is an error: the split is by
+question). The two readers must agree on every answer; a disagreement is printed and nothing is
+written, so that it is settled by reading, not by picking a reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rlvr_jax import atomic, data, shipped
+from rlvr_jax.jsonl import RowError, read_rows
+from rlvr_jax.judge import onpolicy
+
+SUBJECTS = ("economics", "medicine", "chemistry", "psychology", "education")
+
+
+def prompts() -> list[dict]:
+    rows = []
+    for s in SUBJECTS:
+        path = shipped.find(f"data/{s}/train.jsonl")
+        for ex in data.load_examples(str(path), system_prompt=data.DEFAULT_SYSTEM_PROMPT).examples:
+            rows.append({
+                "id": ex.id, "subject": ex.subject, "question": ex.question,
+                "reference": ex.reference, "messages": [dict(m) for m in ex.messages],
+            })  # fmt: skip
+    return rows
+
+
+def _samples(path: Path) -> list[dict]:
+    out = []
+    for where, r in read_rows(path):
+        for k in ("id", "question", "reference", "completion", "stopped"):
+            if k not in r:
+                raise RowError(f"{where}: {k}: missing (expected tools/sample.py's output)")
+        out.append(r)
+    return out
+
+
+def sheet(samples: list[dict], seed: int = 0) -> list[dict]:
+    rows = [
+        {"id": r["id"], "question": r["question"], "reference": r["reference"],
+         "response": r["completion"], "cut": not r["stopped"]}
+        for r in samples
+    ]  # fmt: skip
+    return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+
+
+def _labels(path: Path) -> dict[tuple[str, str], dict]:
+    got = {}
+    for where, r in read_rows(path):
+        if r.get("label") not in (0, 1):
+            raise RowError(f"{where}: label: expected 0 or 1, got {r.get('label')!r}")
+        got[(str(r.get("id")), str(r.get("response")))] = r
+    return got
+
+
+def add(samples, policy, sample, first, second, file: Path) -> int:
+    split = {r["id"]: r["split"] for r in onpolicy.load(file)}
+    new, disagree = [], 0
+    for r in samples:
+        key = (str(r["id"]), r["completion"])
+        if key not in first or key not in second:
+            raise RowError(f"answer to {r['id']} is not labelled by both readers")
+        if r["id"] not in split:
+            raise RowError(f"{r['id']}: a question the file does not hold (its split is by question)")
+        a, b = first[key], second[key]
+        if a["label"] != b["label"]:
+            disagree += 1
+            print(f"disagree {r['id']}: {a['label']} ({a.get('reason')}) / {b['label']} "
+                  f"({b.get('reason')}): {r['completion'][:160]!r}", file=sys.stderr)  # fmt: skip
+        new.append({
+            "id": r["id"], "subject": r["subject"], "question": r["question"],
+            "reference": r["reference"], "sample": sample, "policy": policy,
+            "response": r["completion"], "response_tokens": len(r["completion_ids"]),
+            "cut": not r["stopped"], "correct": int(a["label"]), "second_label": int(b["label"]),
+            "note": str(a.get("reason", "")), "split": split[r["id"]],
+        })  # fmt: skip
+    if disagree:
+        print(f"error: the readers disagree on {disagree} answers: nothing written", file=sys.stderr)
+        return 1
+    old = [r for _, r in read_rows(file)]
+    atomic.write_jsonl(file, old + new)
+    print(f"{file}: {len(old)} + {len(new)} answers ({sum(r['correct'] for r in new)} correct)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("prompts").add_argument("--out", required=True, type=Path)
+    sh = sub.add_parser("sheet")
+    sh.add_argument("--samples", required=True, type=Path)
+    sh.add_argument("--out", required=True, type=Path)
+    sh.add_argument("--seed", type=int, default=0)
+    ad = sub.add_parser("add")
+    ad.add_argument("--samples", required=True, type=Path)
+    ad.add_argument("--policy", required=True, help="the policy's name in the file")
+    ad.add_argument("--sample", required=True, help="e.g. greedy, t1")
+    ad.add_argument("--labels", required=True, type=Path, help="the first reader's labels")
+    ad.add_argument("--second", required=True, type=Path, help="the second reader's labels")
+    ad.add_argument("--file", type=Path, default=None, help=f"default {onpolicy.DEFAULT_FILE}")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "prompts":
+            rows = prompts()
+            atomic.write_text(a.out, "".join(json.dumps(r) + "\n" for r in rows))
+            print(f"{a.out}: {len(rows)} prompts")
+            return 0
+        if a.cmd == "sheet":
+            rows = sheet(_samples(a.samples), a.seed)
+            atomic.write_text(a.out, "".join(json.dumps(r) + "\n" for r in rows))
+            print(f"{a.out}: {len(rows)} answers")
+            return 0
+        file = a.file or onpolicy.default_path()
+        return add(_samples(a.samples), a.policy, a.sample, _labels(a.labels), _labels(a.second),
+                   file)  # fmt: skip
+    except (RowError, onpolicy.OnPolicyError, data.DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
