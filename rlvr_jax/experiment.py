@@ -37,6 +37,12 @@ _SEEDS = flags.DEFINE_string(
 _LABELS = flags.DEFINE_string(
     "labels", None, "JSONL of independent labels of held-out answers: {id, response, label}."
 )
+_LABELLED = flags.DEFINE_string(
+    "labelled",
+    None,
+    "With --labels: write every distinct labelled held-out answer of the finished runs as an "
+    "on-policy file (for measuring judges on them), and run nothing.",
+)
 _REPORT = flags.DEFINE_bool(
     "report", False, "Write the results of the finished runs and run nothing."
 )
@@ -124,6 +130,20 @@ def run_sweep(
     return {"ran": ran, "skipped": skipped, "failed": failed, "results": res}
 
 
+def _labelled_steps(exp, sweep, cell, seeds, labels, before) -> dict[str, dict]:
+    """Labelled accuracy at every step that all seeds evaluated and the labels cover: {step:
+    paired figures against step 0} (the curve the blind labels draw)."""
+    wds = [run_dir(sweep, cell, s) for s in seeds]
+    common = sorted(set.intersection(*[set(heldout.eval_steps(wd)) for wd in wds]))
+    b = _mean_over_seeds(before, "correct")
+    out = {}
+    for step in common[1:]:
+        rows = _labelled([heldout.read_rows(wd, step) for wd in wds], labels)
+        if rows is not None:
+            out[str(step)] = heldout.compare(b, _mean_over_seeds(rows, "correct"))["all"]
+    return out
+
+
 def _cell_rows(exp: Any, sweep: Path, cell: Any) -> tuple[list, list, list[int]]:
     """Per seed: (step-0 rows, last-step rows) of the finished runs, and their seeds."""
     befores, afters, seeds = [], [], []
@@ -161,22 +181,46 @@ def read_labels(path: str | Path) -> dict[tuple[str, str], float]:
     return out
 
 
+def _finished_rows(exp: Any, sweep: Path):
+    """The held-out rows of every evaluated step of every finished run."""
+    for cell in exp.cells:
+        for seed in cell_seeds(exp, cell):
+            wd = run_dir(sweep, cell, seed)
+            if (wd / heldout.SUMMARY).is_file():
+                for step in heldout.eval_steps(wd):
+                    yield from heldout.read_rows(wd, step)
+
+
+def labelled_answers(exp: Any, sweep: Path, labels: dict) -> list[dict]:
+    """Every distinct labelled held-out answer of the finished runs as an on-policy file's rows
+    (rlvr_jax/judge/onpolicy.py: correct = the label, split "heldout"), so that any judge is
+    measured on the answers RL's policies gave to questions no run trained on:
+    `python -m rlvr_jax.onpolicy --input FILE --split all --judge DIR`."""
+    seen: dict[tuple[str, str], dict] = {}
+    for r in _finished_rows(exp, sweep):
+        key = (str(r["id"]), str(r["response"]))
+        if key in labels:
+            seen.setdefault(key, {
+                "id": key[0], "subject": r["subject"], "question": r["question"],
+                "reference": r["reference"], "response": key[1], "cut": not bool(r["stopped"]),
+                "correct": int(labels[key]), "split": "heldout",
+            })  # fmt: skip
+    return [seen[k] for k in sorted(seen)]
+
+
 def answer_sheet(exp: Any, sweep: Path, seed: int = 0, labelled: dict | None = None) -> list[dict]:
-    """Every distinct held-out answer of the finished runs (step 0 and each run's last evaluated
-    step), shuffled and without the run that gave it, for independent blind labelling: rows of
+    """Every distinct held-out answer of the finished runs (every evaluated step), shuffled and without the run that gave it, for independent blind labelling: rows of
     {"id", "question", "reference", "response", "cut"}; the label rows that
     `read_labels` reads need only "id", "response" and "label". labelled (`read_labels`): leave
     out the answers it has, so that a grown sweep's new answers alone go to the readers."""
     seen: dict[tuple[str, str], dict] = {}
-    for cell in exp.cells:
-        for b, a in zip(*_cell_rows(exp, sweep, cell)[:2], strict=True):
-            for r in b + a:
-                if labelled is not None and (str(r["id"]), str(r["response"])) in labelled:
-                    continue
-                seen.setdefault((str(r["id"]), str(r["response"])), {
-                    "id": str(r["id"]), "question": r["question"], "reference": r["reference"],
-                    "response": str(r["response"]), "cut": not bool(r["stopped"]),
-                })  # fmt: skip
+    for r in _finished_rows(exp, sweep):
+        if labelled is not None and (str(r["id"]), str(r["response"])) in labelled:
+            continue
+        seen.setdefault((str(r["id"]), str(r["response"])), {
+            "id": str(r["id"]), "question": r["question"], "reference": r["reference"],
+            "response": str(r["response"]), "cut": not bool(r["stopped"]),
+        })  # fmt: skip
     rows = [seen[k] for k in sorted(seen)]
     order = np.random.default_rng(seed).permutation(len(rows))
     return [rows[i] for i in order]
@@ -227,6 +271,9 @@ def collect(exp: Any, sweep: Path, failed: dict | None = None, labels: dict | No
                 stats.paired_ci([r["correct"] for r in x], [r["correct"] for r in y])["change"]
                 for x, y in zip(lb, la, strict=True)
             ]
+            steps = _labelled_steps(exp, sweep, cell, seeds, labels, lb)
+            if steps:
+                entry["labelled_steps"] = steps
         cells[str(cell["name"])] = entry
         if base is None:
             base = {"from": str(cell["name"]), "accuracy": heldout.compare(b, b)["all"]["before"]}
@@ -272,6 +319,14 @@ def markdown(res: dict) -> str:
                 f"| {name} | {c['seeds']} | {_ci(la['before'])} | {_ci(la['after'])} "
                 f"| {_ci(la['change'])} | {per} |"
             )
+        curves = {n: c["labelled_steps"] for n, c in labelled.items() if c.get("labelled_steps")}
+        if curves:
+            lines += ["", "By the labels at every evaluated step (mean over seeds; change from "
+                      "step 0, paired):", "", "| cell | step | accuracy | change |",
+                      "|---|---:|---:|---:|"]  # fmt: skip
+            for name, by_step in curves.items():
+                for step, d in by_step.items():
+                    lines.append(f"| {name} | {step} | {_ci(d['after'])} | {_ci(d['change'])} |")
     lines += ["", "Per field (after, change):", "", "| cell | field | after | change |",
               "|---|---|---:|---:|"]  # fmt: skip
     for name, c in res["cells"].items():
@@ -340,6 +395,13 @@ def main(argv: list[str]) -> None:
         )
         atomic.write_text(Path(_ANSWERS.value), "".join(json.dumps(r) + "\n" for r in rows))
         print(f"rlvr_jax: wrote {len(rows)} answers to {_ANSWERS.value}", file=sys.stderr)
+        return
+    if _LABELLED.value:
+        if not _LABELS.value:
+            raise app.UsageError("--labelled needs --labels")
+        rows = labelled_answers(exp, sweep, read_labels(_LABELS.value))
+        atomic.write_text(Path(_LABELLED.value), "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"rlvr_jax: wrote {len(rows)} labelled answers to {_LABELLED.value}", file=sys.stderr)
         return
     if _REPORT.value:
         only = []

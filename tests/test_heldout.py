@@ -182,6 +182,17 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     assert lab["before"]["mean"] == pytest.approx(1 / n) and lab["after"]["mean"] == pytest.approx(
         1 / n)  # fmt: skip
     assert "blind labels" in experiment.markdown(got)
+    # The labels' curve: every step all seeds evaluated, here only the last after step 0.
+    curve = got["cells"]["rloo_rule_binary"]["labelled_steps"]
+    assert list(curve) == [str(steps[-1])] and curve[str(steps[-1])] == lab
+    # The labelled answers as an on-policy file: any judge can then be measured on them.
+    from rlvr_jax.judge import onpolicy
+
+    out = experiment.labelled_answers(exp, tmp_path, experiment.read_labels(path))
+    (tmp_path / "onpolicy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+    back = onpolicy.load(tmp_path / "onpolicy.jsonl", "heldout")
+    want = {(r["id"], r["response"]): r["label"] for r in labels}
+    assert {(r["id"], r["response"]): r["correct"] for r in back} == want
     sheet = experiment.answer_sheet(exp, tmp_path)
     keys = {(r["id"], r["response"]) for r in labels}
     assert {(r["id"], r["response"]) for r in sheet} == keys and len(sheet) == len(keys)
