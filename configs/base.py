@@ -157,5 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.guards.stop = False  # stop the run (with a checkpoint) when a bound is crossed
     c.train.max_nonfinite = 5  # stop after this many non-finite updates in a row
     c.train.export_hf = True
+    # Each step's rollouts with every reward's score in WORKDIR/rollouts/ (rlvr_jax/rollout_log.py).
+    c.train.log_rollouts = False
     c.train.tensorboard = True
     return c

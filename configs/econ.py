@@ -27,6 +27,7 @@ def get_config(arg: str | None = None):
     c.optim.micro_batch = 8
     c.train.steps = 12
     c.train.ckpt_every = 4
+    c.train.log_rollouts = True  # a few kB a step: what the judge rewarded, to read
     if arg == "smoke":
         c.name = "econ_smoke"
         c.rollout.prompts_per_step = 2

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlvr_jax import builders, guards, losses, minibatch, update
+from rlvr_jax import builders, guards, losses, minibatch, rollout_log, update
 from rlvr_jax import multihost as mh
 from rlvr_jax.judge.likelihood import std_filter
 from rlvr_jax.judge.scoring import neither_rate
@@ -144,6 +144,8 @@ def rl_step(run: Any, state: update.TrainState, step: int) -> tuple[update.Train
     judged = judge_stage(run, state, rows, responses, ro)
     logp_ref, t_ref = reference_stage(run, state, ro)
     adv = advantage_stage(run, ro, judged, logp_ref)
+    if run.cfg.train.get("log_rollouts", False) and mh.is_main():
+        log_rollouts(run, step + 1, examples, responses, ro, judged, adv)
     state, m, t_update = update_stage(run, state, ro, judged, adv, logp_ref, key)
     times = {
         "rollout": t_roll,
@@ -153,6 +155,17 @@ def rl_step(run: Any, state: update.TrainState, step: int) -> tuple[update.Train
         "update": t_update,
     }
     return state, step_metrics(run, state, examples, ro, judged, logp_ref, m, times)
+
+
+def log_rollouts(run, step, examples, responses, ro: Rollout, judged: Judged, adv) -> None:
+    """The step's rollouts with every reward's score (rollout_log.py)."""
+    mask = mh.to_host(ro.mask)
+    first = np.argmax(mask, axis=1)  # the response's first token (0 for an empty one)
+    a = np.asarray(mh.to_host(adv))[np.arange(len(first)), first]
+    rollout_log.write(
+        run.workdir, step, examples, responses, ~mh.to_host(ro.stopped), mask.sum(1),
+        np.asarray(judged.rewards), a, judged.scores,
+    )  # fmt: skip
 
 
 def step_metrics(

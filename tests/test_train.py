@@ -36,7 +36,7 @@ def _strip_times(recs):
 
 @pytest.mark.parametrize("algo", ["reinforce", "rloo", "reinforce++", "grpo"])
 def test_tiny_task_is_learned(algo, tmp_path):
-    recs = train.train(_cfg(algo), tmp_path)
+    recs = train.train(_cfg(algo, train__log_rollouts=algo == "rloo"), tmp_path)
     rewards = [r["reward/raw_mean"] for r in recs]
     assert np.mean(rewards[:3]) < 0.5, rewards[:3]  # near chance at the start
     assert np.mean(rewards[-5:]) >= 0.8, rewards[-10:]
@@ -50,6 +50,19 @@ def test_tiny_task_is_learned(algo, tmp_path):
     ]
     # Each step logs the pages it took fresh from the system (a count, not an error marker).
     assert all(isinstance(r["time/page_faults"], int) and r["time/page_faults"] >= 0 for r in recs)
+    if algo == "rloo":  # each step's rollouts, with what every reward made of them
+        from rlvr_jax import rollout_log
+
+        c = _cfg(algo)
+        n = c.rollout.prompts_per_step * c.rollout.samples_per_prompt
+        for r in recs:
+            rows = [json.loads(x) for x in rollout_log.path(tmp_path, r["step"]).read_text()
+                    .splitlines()]  # fmt: skip
+            assert len(rows) == n and [x["sample"] for x in rows[:2]] == [0, 1]
+            assert np.mean([x["reward"] for x in rows]) == pytest.approx(r["reward/raw_mean"])
+            assert all(x["question"] and isinstance(x["cut"], bool) for x in rows)
+    else:
+        assert not (tmp_path / "rollouts").exists()
 
 
 def test_compile_meter_counts_programs_built():
