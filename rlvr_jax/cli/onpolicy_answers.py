@@ -3,7 +3,7 @@
     python tools/onpolicy_answers.py prompts --out P.jsonl
     python tools/sample.py --model MODEL_DIR --prompts P.jsonl --out S.jsonl --max-new-tokens 160 \
         --temperature 0
-    python tools/onpolicy_answers.py sheet --samples S.jsonl --out SHEET.jsonl
+    python tools/onpolicy_answers.py sheet --samples S.jsonl [MORE.jsonl ...] --out SHEET.jsonl
     (two readers label SHEET independently and blind: rows {id, response, label 0/1, reason})
     python tools/onpolicy_answers.py add --samples S.jsonl --policy NAME --sample greedy \
         --labels A.jsonl --second B.jsonl [--file data/onpolicy/answers.jsonl]
@@ -11,7 +11,8 @@
 `prompts`: every training question of the shipped subjects with the paper's system prompt, as
 tools/sample.py input rows that keep id, subject, question and reference. `sheet`: the sampled
 answers shuffled, with only what a reader needs (id, question, reference, response, cut), so the
-reader cannot tell which policy or sample wrote an answer. `add`: appends the answers with the
+reader cannot tell which policy or sample wrote an answer. An RL run's rollout logs (WORKDIR/rollouts/step_*.jsonl, `train.log_rollouts`) serve as
+samples too: the answers the reward judge scored during RL. `add`: appends the answers with the
 first reader's label (`correct`), the second's (`second_label`) and the first's reason (`note`),
 each in its question's split of the file (a question new to the file is an error: the split is by
 question). The two readers must agree on every answer; a disagreement is printed and nothing is
@@ -46,20 +47,27 @@ def prompts() -> list[dict]:
     return rows
 
 
-def _samples(path: Path) -> list[dict]:
+def _samples(paths: list[Path]) -> list[dict]:
+    """Answers from tools/sample.py's output (completion, stopped, completion_ids) or from a run's
+    rollout log (rollout_log.py: response, cut, tokens), in one form: response, cut, tokens."""
     out = []
-    for where, r in read_rows(path):
-        for k in ("id", "question", "reference", "completion", "stopped"):
-            if k not in r:
-                raise RowError(f"{where}: {k}: missing (expected tools/sample.py's output)")
-        out.append(r)
+    for path in paths:
+        for where, r in read_rows(path):
+            if "completion" in r and "stopped" in r:
+                r = {**r, "response": r["completion"], "cut": not r["stopped"],
+                     "tokens": len(r.get("completion_ids", ()))}  # fmt: skip
+            for k in ("id", "subject", "question", "reference", "response", "cut"):
+                if k not in r:
+                    raise RowError(f"{where}: {k}: missing (expected tools/sample.py's output or "
+                                   "a rollout log)")  # fmt: skip
+            out.append(r)
     return out
 
 
 def sheet(samples: list[dict], seed: int = 0) -> list[dict]:
     rows = [
         {"id": r["id"], "question": r["question"], "reference": r["reference"],
-         "response": r["completion"], "cut": not r["stopped"]}
+         "response": r["response"], "cut": r["cut"]}
         for r in samples
     ]  # fmt: skip
     return [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
@@ -78,7 +86,7 @@ def add(samples, policy, sample, first, second, file: Path) -> int:
     split = {r["id"]: r["split"] for r in onpolicy.load(file)}
     new, disagree = [], 0
     for r in samples:
-        key = (str(r["id"]), r["completion"])
+        key = (str(r["id"]), r["response"])
         if key not in first or key not in second:
             raise RowError(f"answer to {r['id']} is not labelled by both readers")
         if r["id"] not in split:
@@ -87,12 +95,12 @@ def add(samples, policy, sample, first, second, file: Path) -> int:
         if a["label"] != b["label"]:
             disagree += 1
             print(f"disagree {r['id']}: {a['label']} ({a.get('reason')}) / {b['label']} "
-                  f"({b.get('reason')}): {r['completion'][:160]!r}", file=sys.stderr)  # fmt: skip
+                  f"({b.get('reason')}): {r['response'][:160]!r}", file=sys.stderr)  # fmt: skip
         new.append({
             "id": r["id"], "subject": r["subject"], "question": r["question"],
             "reference": r["reference"], "sample": sample, "policy": policy,
-            "response": r["completion"], "response_tokens": len(r["completion_ids"]),
-            "cut": not r["stopped"], "correct": int(a["label"]), "second_label": int(b["label"]),
+            "response": r["response"], "response_tokens": int(r.get("tokens", 0)),
+            "cut": bool(r["cut"]), "correct": int(a["label"]), "second_label": int(b["label"]),
             "note": str(a.get("reason", "")), "split": split[r["id"]],
         })  # fmt: skip
     if disagree:
@@ -109,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prompts").add_argument("--out", required=True, type=Path)
     sh = sub.add_parser("sheet")
-    sh.add_argument("--samples", required=True, type=Path)
+    sh.add_argument("--samples", required=True, type=Path, nargs="+")
     sh.add_argument("--out", required=True, type=Path)
     sh.add_argument("--seed", type=int, default=0)
     ad = sub.add_parser("add")
-    ad.add_argument("--samples", required=True, type=Path)
+    ad.add_argument("--samples", required=True, type=Path, nargs="+")
     ad.add_argument("--policy", required=True, help="the policy's name in the file")
     ad.add_argument("--sample", required=True, help="e.g. greedy, t1")
     ad.add_argument("--labels", required=True, type=Path, help="the first reader's labels")
