@@ -147,4 +147,4 @@ def test_new_answers_join_their_questions_split_only_when_both_readers_agree(tmp
     a.write_text(json.dumps({"id": "q7", "response": "It is x.", "label": 1}) + "\n")
     assert cli.main(["add", "--samples", str(samples), "--policy", "rl", "--sample", "greedy",
                      "--labels", str(a), "--second", str(a), "--file", str(file)]) == 2  # fmt: skip
-    assert "q7: a question the file does not hold" in capsys.readouterr().err
+    assert "q7: a question of no split" in capsys.readouterr().err

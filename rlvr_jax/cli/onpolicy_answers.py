@@ -14,8 +14,10 @@ answers shuffled, with only what a reader needs (id, question, reference, respon
 reader cannot tell which policy or sample wrote an answer. An RL run's rollout logs (WORKDIR/rollouts/step_*.jsonl, `train.log_rollouts`) serve as
 samples too: the answers the reward judge scored during RL. `add`: appends the answers with the
 first reader's label (`correct`), the second's (`second_label`) and the first's reason (`note`),
-each in its question's split of the file (a question new to the file is an error: the split is by
-question). The two readers must agree on every answer; a disagreement is printed and nothing is
+each in its question's split (that of the shipped file, data/onpolicy/answers.jsonl; a question
+it does not hold is an error: the split is by question). `--file` names the file to grow (made
+when missing): data/onpolicy/rl_answers.jsonl holds the answers of RL-trained policies, apart from
+the default policy's, so that a judge recipe names which it trains on. The two readers must agree on every answer; a disagreement is printed and nothing is
 written, so that it is settled by reading, not by picking a reader.
 """
 
@@ -83,14 +85,16 @@ def _labels(path: Path) -> dict[tuple[str, str], dict]:
 
 
 def add(samples, policy, sample, first, second, file: Path) -> int:
-    split = {r["id"]: r["split"] for r in onpolicy.load(file)}
+    # A question's split is the shipped file's (and the target's, which may not exist yet).
+    known = onpolicy.load(onpolicy.default_path()) + (onpolicy.load(file) if file.exists() else [])
+    split = {r["id"]: r["split"] for r in known}
     new, disagree = [], 0
     for r in samples:
         key = (str(r["id"]), r["response"])
         if key not in first or key not in second:
             raise RowError(f"answer to {r['id']} is not labelled by both readers")
         if r["id"] not in split:
-            raise RowError(f"{r['id']}: a question the file does not hold (its split is by question)")
+            raise RowError(f"{r['id']}: a question of no split (the shipped on-policy file does not hold it)")
         a, b = first[key], second[key]
         if a["label"] != b["label"]:
             disagree += 1
@@ -106,7 +110,7 @@ def add(samples, policy, sample, first, second, file: Path) -> int:
     if disagree:
         print(f"error: the readers disagree on {disagree} answers: nothing written", file=sys.stderr)
         return 1
-    old = [r for _, r in read_rows(file)]
+    old = [r for _, r in read_rows(file)] if file.exists() else []
     atomic.write_jsonl(file, old + new)
     print(f"{file}: {len(old)} + {len(new)} answers ({sum(r['correct'] for r in new)} correct)")
     return 0
