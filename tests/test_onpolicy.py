@@ -148,3 +148,18 @@ def test_new_answers_join_their_questions_split_only_when_both_readers_agree(tmp
     assert cli.main(["add", "--samples", str(samples), "--policy", "rl", "--sample", "greedy",
                      "--labels", str(a), "--second", str(a), "--file", str(file)]) == 2  # fmt: skip
     assert "q7: a question of no split" in capsys.readouterr().err
+
+
+def test_a_judge_recipe_names_more_on_policy_files(tmp_path):
+    from configs import judge_econ
+    from rlvr_jax.judge.distill.rows import onpolicy_answers
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(_row(1, 1, split="train")) + "\n" + json.dumps(_row(2, 0)) + "\n")
+    b.write_text(json.dumps(_row(3, 0, split="train")) + "\n")
+    cfg = judge_econ.get_config()
+    cfg.distill.onpolicy_file = str(a)
+    assert [r["id"] for r in onpolicy_answers(cfg, "train")] == ["q1"]
+    cfg.distill.onpolicy_more = (str(b),)
+    assert [r["id"] for r in onpolicy_answers(cfg, "train")] == ["q1", "q3"]
+    assert [r["id"] for r in onpolicy_answers(cfg, "heldout")] == ["q2"]

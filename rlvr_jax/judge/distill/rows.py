@@ -110,11 +110,12 @@ def teacher_rows(cfg: Any, train: list[data.Example], held: list[data.Example]) 
 
 
 def onpolicy_answers(cfg: Any, split: str) -> list[dict]:
-    """The labelled on-policy answers of `split` from config distill.onpolicy_file ("" = none)."""
+    """The labelled on-policy answers of `split` from config distill.onpolicy_file ("" = none)
+    and distill.onpolicy_more (more files of that form, e.g. RL-trained policies' answers)."""
     from rlvr_jax.judge import onpolicy
 
-    path = str(cfg.distill.get("onpolicy_file", ""))
-    return onpolicy.load(resolve_source(path), split) if path else []
+    paths = [str(cfg.distill.get("onpolicy_file", ""))] + list(cfg.distill.get("onpolicy_more", ()))
+    return [r for p in paths if p for r in onpolicy.load(resolve_source(p), split)]
 
 
 def eval_rows(cfg: Any, held: list[data.Example]) -> list[dict]:
