@@ -11,7 +11,7 @@ Variants:
   toward the whole grid): RLOO with the judge's soft reward, the likelihood and the RLPR reward on
   both seeds; Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
 - `:long`: the judge's soft reward (RLOO) for three times the budget (36 steps, held-out
-  evaluation every 12), both seeds, in a sweep directory of its own: whether the gain grows with
+  evaluation every 18), both seeds, in a sweep directory of its own: whether the gain grows with
   steps. About 25 minutes per run on 2 cores.
 - `:smoke`: the tiny random policy on the synthetic echo task with the rule rewards; minutes.
 - `:accel`: accelerator-sized: more prompts, samples, tokens and steps, three seeds.
@@ -72,7 +72,7 @@ def get_config(arg: str | None = None):
         if arg == "long":
             c.name, c.sweep_dir = "table1_long", "~/runs/table1_long"
             run.train.steps = 36
-            run.train.eval_every = 12
+            run.train.eval_every = 18
             # The trained policy as a model, to sample new on-policy answers for the judge's labels.
             run.train.export_hf = True
             c.cells = [x for x in c.cells if x["name"] == "rloo_soft"]

@@ -44,6 +44,9 @@ def write(
 ) -> Path:
     """One step's N = B*G rollout rows (examples [B], the other arguments [N])."""
     g = len(responses) // max(len(examples), 1)
+    # Scores of one value per row; a runner's counts (e.g. judge prompts cut) are not per row.
+    per_row = {k: np.asarray(v) for k, v in scores.items()}
+    per_row = {k: v for k, v in per_row.items() if v.ndim == 1 and len(v) == len(responses)}
     rows = []
     for i, text in enumerate(responses):
         ex = examples[i // g]
@@ -53,7 +56,7 @@ def write(
             "cut": bool(cut[i]), "tokens": int(tokens[i]), "reward": float(rewards[i]),
             "advantage": float(advantages[i]),
         }  # fmt: skip
-        row.update({k: _value(np.asarray(v)[i]) for k, v in scores.items() if k not in row})
+        row.update({k: _value(v[i]) for k, v in per_row.items() if k not in row})
         rows.append(row)
     out = path(workdir, step)
     out.parent.mkdir(parents=True, exist_ok=True)

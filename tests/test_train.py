@@ -362,3 +362,19 @@ def test_lora_export_is_merged_and_loads_in_transformers(tmp_path):
         abstract_model(run.policy.cfg.replace(lora=None))[0], base, tokens, np.arange(6)[None]
     )
     assert np.abs(np.asarray(base_logits) - theirs).max() > 1e-3
+
+
+def test_rollout_log_keeps_per_row_scores_only(tmp_path):
+    from rlvr_jax import rollout_log
+
+    ex = data.Example(id="q", question="Q?", messages=(), reference="x", subject="economics",
+                      field="Social Sciences")  # fmt: skip
+    scores = {"soft": np.array([0.2, 0.7]), "judge_verdict": np.array(["NO", "YES"]),
+              "judge_truncated": np.array([0])}  # fmt: skip
+    out = rollout_log.write(tmp_path, 3, [ex], ["a", "b"], np.array([False, True]),
+                            np.array([4, 96]), np.array([0.2, 0.7]), np.array([-1.0, 1.0]),
+                            scores)  # fmt: skip
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert out == rollout_log.path(tmp_path, 3)
+    assert [r["judge_verdict"] for r in rows] == ["NO", "YES"] and rows[1]["cut"] is True
+    assert "judge_truncated" not in rows[0] and rows[1]["soft"] == pytest.approx(0.7)
