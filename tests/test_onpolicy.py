@@ -109,7 +109,7 @@ def test_new_answers_join_their_questions_split_only_when_both_readers_agree(tmp
     file = tmp_path / "answers.jsonl"
     old = [_row(1, 0), _row(2, 0, split="train")]
     file.write_text("".join(json.dumps(r) + "\n" for r in old))
-    samples = tmp_path / "s.jsonl"
+    samples = tmp_path / "step_000003.jsonl"  # a rollout log's name: its rows carry the step
     # One answer as tools/sample.py writes it, one as a run's rollout log does.
     logged = {"id": "q2", "subject": "economics", "question": "q2?", "reference": "x",
               "response": "It is y, and", "cut": True, "tokens": 7, "reward": 0.1}  # fmt: skip
@@ -139,6 +139,7 @@ def test_new_answers_join_their_questions_split_only_when_both_readers_agree(tmp
     assert new["q1"]["split"] == "heldout" and new["q2"]["split"] == "train"
     assert new["q2"]["cut"] is True and new["q1"]["policy"] == "rl"
     assert new["q1"]["response_tokens"] == 3 and new["q2"]["response_tokens"] == 7
+    assert new["q2"]["step"] == 3
     by_sheet = {r["id"]: v for r, v in zip(sheet, [1, 0], strict=True)}
     assert [new[q]["correct"] for q in ("q1", "q2")] == [by_sheet["q1"], by_sheet["q2"]]
     # An answer to a question the file does not hold has no split: one line naming it.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def _samples(paths: list[Path]) -> list[dict]:
     rollout log (rollout_log.py: response, cut, tokens), in one form: response, cut, tokens."""
     out = []
     for path in paths:
+        step = re.fullmatch(r"step_(\d+)", Path(path).stem)  # a rollout log's step
         for where, r in read_rows(path):
+            if step:
+                r = {**r, "step": int(step.group(1))}
             if "completion" in r and "stopped" in r:
                 r = {**r, "response": r["completion"], "cut": not r["stopped"],
                      "tokens": len(r.get("completion_ids", ()))}  # fmt: skip
@@ -106,7 +110,7 @@ def add(samples, policy, sample, first, second, file: Path) -> int:
             "response": r["response"], "response_tokens": int(r.get("tokens", 0)),
             "cut": bool(r["cut"]), "correct": int(a["label"]), "second_label": int(b["label"]),
             "note": str(a.get("reason", "")), "split": split[r["id"]],
-        })  # fmt: skip
+        } | ({"step": r["step"]} if "step" in r else {}))  # fmt: skip
     if disagree:
         print(f"error: the readers disagree on {disagree} answers: nothing written", file=sys.stderr)
         return 1
