@@ -6,8 +6,9 @@
 answers labelled by the paper's rule (data/onpolicy, "train" split), plus master-key negatives; it
 is evaluated on the economics TEST questions, which never enter training, and on the held-out
 on-policy answers (the figures that say how well it scores what RL feeds it).
-Variants: `:smoke` (a minute or two on a CPU, for checking the pipeline) and `:teacher` (the
-paper's recipe: a judge model labels a policy's on-policy rollouts; for accelerators).
+Variants: `:smoke` (a minute or two on a CPU, for checking the pipeline), `:teacher` (the
+paper's recipe: a judge model labels a policy's on-policy rollouts; for accelerators) and
+`:rl_answers` (also trained on RL-trained policies' labelled rollouts).
 """
 
 import ml_collections
@@ -109,6 +110,13 @@ def get_config(arg: str | None = None):
         c.name = "judge_econ_teacher"
         c.distill.teachers = ("data", "judge")
         c.distill.teacher_judge = "default"  # replace by a strong judge's model directory
+    elif arg == "rl_answers":
+        # Also the answers of RL-trained policies (their rollouts during RL, the text the reward
+        # judge scores), labelled by the same rule: data/onpolicy/rl_answers.jsonl, train split.
+        c.name = "judge_econ_rl_answers"
+        c.distill.onpolicy_more = ("data/onpolicy/rl_answers.jsonl",)
     elif arg:
-        raise ValueError(f"configs/judge_econ.py: unknown variant {arg!r} (smoke, teacher)")
+        raise ValueError(
+            f"configs/judge_econ.py: unknown variant {arg!r} (smoke, teacher, rl_answers)"
+        )
     return c

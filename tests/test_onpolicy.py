@@ -132,6 +132,15 @@ def test_new_answers_join_their_questions_split_only_when_both_readers_agree(tmp
             "--labels", str(a), "--second", str(b), "--file", str(file)]  # fmt: skip
     assert cli.main(args) == 1 and "disagree" in capsys.readouterr().err
     assert file.read_text().count("\n") == 2  # nothing written
+    # A third reading settles a disagreement: its label counts, the second reader's stays.
+    third = tmp_path / "t.jsonl"
+    third.write_text(json.dumps({"id": sheet[1]["id"], "response": sheet[1]["response"],
+                                 "label": 1, "reason": "read again"}) + "\n")  # fmt: skip
+    file_copy = tmp_path / "copy.jsonl"
+    file_copy.write_text(file.read_text())
+    assert cli.main(args[:-1] + [str(file_copy), "--settled", str(third)]) == 0
+    row = onpolicy.load(file_copy)[-1 if sheet[1]["id"] == "q2" else -2]
+    assert row["correct"] == 1 and row["second_label"] == 1 and row["note"].startswith("settled")
     b = labels("b.jsonl", [1, 0])
     assert cli.main(args) == 0
     rows = onpolicy.load(file)

@@ -18,7 +18,8 @@ each in its question's split (that of the shipped file, data/onpolicy/answers.js
 it does not hold is an error: the split is by question). `--file` names the file to grow (made
 when missing): data/onpolicy/rl_answers.jsonl holds the answers of RL-trained policies, apart from
 the default policy's, so that a judge recipe names which it trains on. The two readers must agree on every answer; a disagreement is printed and nothing is
-written, so that it is settled by reading, not by picking a reader.
+written, so that it is settled by reading, not by picking a reader: `--settled` gives a third
+reading of those answers (its label is `correct`, its reason the note, marked "settled").
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _labels(path: Path) -> dict[tuple[str, str], dict]:
     return got
 
 
-def add(samples, policy, sample, first, second, file: Path) -> int:
+def add(samples, policy, sample, first, second, file: Path, settled: dict | None = None) -> int:
     # A question's split is the shipped file's (and the target's, which may not exist yet).
     known = onpolicy.load(onpolicy.default_path()) + (onpolicy.load(file) if file.exists() else [])
     split = {r["id"]: r["split"] for r in known}
@@ -101,9 +102,12 @@ def add(samples, policy, sample, first, second, file: Path) -> int:
             raise RowError(f"{r['id']}: a question of no split (the shipped on-policy file does not hold it)")
         a, b = first[key], second[key]
         if a["label"] != b["label"]:
-            disagree += 1
-            print(f"disagree {r['id']}: {a['label']} ({a.get('reason')}) / {b['label']} "
-                  f"({b.get('reason')}): {r['response'][:160]!r}", file=sys.stderr)  # fmt: skip
+            if settled and key in settled:  # a third reading of this answer decides
+                a = {**settled[key], "reason": f"settled: {settled[key].get('reason', '')}"}
+            else:
+                disagree += 1
+                print(f"disagree {r['id']}: {a['label']} ({a.get('reason')}) / {b['label']} "
+                      f"({b.get('reason')}): {r['response'][:160]!r}", file=sys.stderr)  # fmt: skip
         new.append({
             "id": r["id"], "subject": r["subject"], "question": r["question"],
             "reference": r["reference"], "sample": sample, "policy": policy,
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--labels", required=True, type=Path, help="the first reader's labels")
     ad.add_argument("--second", required=True, type=Path, help="the second reader's labels")
     ad.add_argument("--file", type=Path, default=None, help=f"default {onpolicy.DEFAULT_FILE}")
+    ad.add_argument("--settled", type=Path, default=None,
+                    help="a third reading of the answers the two readers disagree on")  # fmt: skip
     a = p.parse_args(argv)
     try:
         if a.cmd == "prompts":
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.out}: {len(rows)} answers")
             return 0
         file = a.file or onpolicy.default_path()
+        third = _labels(a.settled) if a.settled else None
         return add(_samples(a.samples), a.policy, a.sample, _labels(a.labels), _labels(a.second),
-                   file)  # fmt: skip
+                   file, third)  # fmt: skip
     except (RowError, onpolicy.OnPolicyError, data.DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
