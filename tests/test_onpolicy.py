@@ -33,6 +33,8 @@ def test_quality_report_on_a_hand_made_file(tmp_path):
     # kappa: observed agreement 4/6; chance (2/6 * 2/6 + 4/6 * 4/6) = 5/9.
     assert q["kappa"] == pytest.approx((4 / 6 - 5 / 9) / (1 - 5 / 9))
     assert q["n"] == 6 and q["n_correct"] == 2 and q["yes"] == 2
+    # Of the judge's total score 2.4, the right answers get 0.9 + 0.4.
+    assert q["reward_to_correct"] == pytest.approx(1.3 / 2.4)
     # rule_x ranks one correct answer first and ties the other with the wrong ones.
     assert table["rule_x"]["auc"] == pytest.approx((4 + 0.5 * 4) / 8)
     assert table["best_rule_auc"] == table["rule_x"]["auc"]

@@ -77,9 +77,15 @@ def reward_quality(
     labels: Sequence[int], soft: Sequence[float], binary: Sequence[int] | None = None
 ) -> dict[str, Any]:
     """One reward's quality against labels [n]: auc of `soft`; with `binary` (its YES verdicts),
-    precision and recall of YES and kappa; n and n_correct."""
+    precision and recall of YES and kappa; n and n_correct; for a score in [0, 1], the share of
+    its total that right answers get (reward_to_correct)."""
     q = agreement.judge_quality(labels, soft if binary is None else binary, soft)
     out = {"n": q["n"], "n_correct": q["n_yes"], "auc": q["auc"]}
+    x, y = np.asarray(soft, np.float64), np.asarray(labels) == 1
+    if len(x) and x.min() >= 0.0 and x.max() <= 1.0 and x.sum() > 0:
+        # The share of the reward that goes to right answers: what RL optimises, where a judge
+        # that ranks well can still pay mostly for wrong answers when they are most of the rows.
+        out["reward_to_correct"] = float(x[y].sum() / x.sum())
     if binary is not None:
         out |= {
             "precision": q["precision"],
@@ -121,15 +127,17 @@ def markdown(table: Mapping[str, Any]) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
     lines = [
-        "| reward | n | correct | ROC AUC | YES | YES precision | YES recall | kappa |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| reward | n | correct | ROC AUC | YES | YES precision | YES recall | kappa "
+        "| reward to correct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, q in table.items():
         if not isinstance(q, Mapping) or "n" not in q:  # the summary entries (best rule, targets)
             continue
         lines.append(
             f"| {name} | {q['n']} | {q['n_correct']} | {f(q['auc'])} | {q.get('yes', '-')} | "
-            f"{f(q.get('precision'))} | {f(q.get('recall'))} | {f(q.get('kappa'))} |"
+            f"{f(q.get('precision'))} | {f(q.get('recall'))} | {f(q.get('kappa'))} | "
+            f"{f(q.get('reward_to_correct'))} |"
         )
     return "\n".join(lines) + "\n"
 
