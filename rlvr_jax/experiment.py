@@ -126,7 +126,7 @@ def run_sweep(
         ran.append(tag)
     res = collect(exp, sweep, failed, read_labels(labels) if labels else None)
     write_results(sweep, res)
-    plot(exp, sweep, sweep / "accuracy.png")
+    plot(exp, sweep, sweep / "accuracy.png", res)
     return {"ran": ran, "skipped": skipped, "failed": failed, "results": res}
 
 
@@ -338,8 +338,10 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(exp: Any, sweep: Path, out: Path) -> Path:
-    """Held-out accuracy against step, one line per cell (mean over its finished seeds)."""
+def plot(exp: Any, sweep: Path, out: Path, res: dict | None = None) -> Path:
+    """Held-out accuracy against step, one line per cell (mean over its finished seeds) by the
+    in-run evaluator, dashed when `res` (collect's results) has the independent labels' curve of
+    that cell, which is then drawn solid beside it: the two diverge where the evaluator errs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,10 +356,19 @@ def plot(exp: Any, sweep: Path, out: Path) -> Path:
                 pts = {r["step"]: r["eval/accuracy"] for r in read_metrics(path)
                        if "eval/accuracy" in r}  # fmt: skip
                 curves.append(pts)
+        name = str(cell["name"])
+        lab = ((res or {}).get("cells", {}).get(name) or {}).get("labelled_steps")
         if curves:
             steps = sorted(set.intersection(*[set(c) for c in curves]))
             ys = [np.mean([c[s] for c in curves]) for s in steps]
-            ax.plot(steps, ys, marker="o", lw=1.2, ms=3, label=str(cell["name"]))
+            evaluator = ((res or {}).get("cells", {}).get(name) or {}).get("evaluator", "")
+            line = ax.plot(steps, ys, marker="o", lw=1.2, ms=3, ls="--" if lab else "-",
+                           label=f"{name} ({evaluator or 'evaluator'})" if lab else name)  # fmt: skip
+            if lab:
+                first = res["cells"][name]["labelled"]["before"]["mean"]
+                xs = [0] + [int(k) for k in lab]
+                ax.plot(xs, [first] + [d["after"]["mean"] for d in lab.values()], marker="s",
+                        lw=1.6, ms=4, color=line[0].get_color(), label=f"{name} (blind labels)")
     ax.set_xlabel("step")
     ax.set_ylabel("held-out accuracy")
     ax.grid(alpha=0.3)

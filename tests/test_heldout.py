@@ -185,6 +185,9 @@ def test_experiment_smoke_resumes_and_skips_finished_cells(tmp_path):
     # The labels' curve: every step all seeds evaluated, here only the last after step 0.
     curve = got["cells"]["rloo_rule_binary"]["labelled_steps"]
     assert list(curve) == [str(steps[-1])] and curve[str(steps[-1])] == lab
+    # The plot draws the labels' curve beside the in-run evaluator's.
+    png = experiment.plot(exp, tmp_path, tmp_path / "labelled.png", got)
+    assert png.stat().st_size > 0
     # The labelled answers as an on-policy file: any judge can then be measured on them.
     from rlvr_jax.judge import onpolicy
 
