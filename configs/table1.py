@@ -96,6 +96,8 @@ def get_config(arg: str | None = None):
         run.train.sft_target = "{}"  # the echo task's answer is the word itself
         c.cells = cells(REWARDS[:2], ALGOS)
     else:
-        raise ValueError(f"configs/table1.py: unknown variant {arg!r} (known: core, long, smoke, accel)")
+        raise ValueError(
+            f"configs/table1.py: unknown variant {arg!r} (known: core, long, smoke, accel)"
+        )
     c.run = run
     return c

@@ -181,14 +181,18 @@ def read_labels(path: str | Path) -> dict[tuple[str, str], float]:
     return out
 
 
-def _finished_rows(exp: Any, sweep: Path):
-    """The held-out rows of every evaluated step of every finished run."""
+def _distinct_answers(exp: Any, sweep: Path) -> dict[tuple[str, str], dict]:
+    """{(question id, response): its first held-out row} over every evaluated step of every
+    finished run, in key order."""
+    seen: dict[tuple[str, str], dict] = {}
     for cell in exp.cells:
         for seed in cell_seeds(exp, cell):
             wd = run_dir(sweep, cell, seed)
             if (wd / heldout.SUMMARY).is_file():
                 for step in heldout.eval_steps(wd):
-                    yield from heldout.read_rows(wd, step)
+                    for r in heldout.read_rows(wd, step):
+                        seen.setdefault((str(r["id"]), str(r["response"])), r)
+    return {k: seen[k] for k in sorted(seen)}
 
 
 def labelled_answers(exp: Any, sweep: Path, labels: dict) -> list[dict]:
@@ -196,32 +200,26 @@ def labelled_answers(exp: Any, sweep: Path, labels: dict) -> list[dict]:
     (rlvr_jax/judge/onpolicy.py: correct = the label, split "heldout"), so that any judge is
     measured on the answers RL's policies gave to questions no run trained on:
     `python -m rlvr_jax.onpolicy --input FILE --split all --judge DIR`."""
-    seen: dict[tuple[str, str], dict] = {}
-    for r in _finished_rows(exp, sweep):
-        key = (str(r["id"]), str(r["response"]))
-        if key in labels:
-            seen.setdefault(key, {
-                "id": key[0], "subject": r["subject"], "question": r["question"],
-                "reference": r["reference"], "response": key[1], "cut": not bool(r["stopped"]),
-                "correct": int(labels[key]), "split": "heldout",
-            })  # fmt: skip
-    return [seen[k] for k in sorted(seen)]
+    return [
+        {"id": key[0], "subject": r["subject"], "question": r["question"],
+         "reference": r["reference"], "response": key[1], "cut": not bool(r["stopped"]),
+         "correct": int(labels[key]), "split": "heldout"}
+        for key, r in _distinct_answers(exp, sweep).items() if key in labels
+    ]  # fmt: skip
 
 
 def answer_sheet(exp: Any, sweep: Path, seed: int = 0, labelled: dict | None = None) -> list[dict]:
-    """Every distinct held-out answer of the finished runs (every evaluated step), shuffled and without the run that gave it, for independent blind labelling: rows of
+    """Every distinct held-out answer of the finished runs (every evaluated step), shuffled and
+    without the run that gave it, for independent blind labelling: rows of
     {"id", "question", "reference", "response", "cut"}; the label rows that
     `read_labels` reads need only "id", "response" and "label". labelled (`read_labels`): leave
     out the answers it has, so that a grown sweep's new answers alone go to the readers."""
-    seen: dict[tuple[str, str], dict] = {}
-    for r in _finished_rows(exp, sweep):
-        if labelled is not None and (str(r["id"]), str(r["response"])) in labelled:
-            continue
-        seen.setdefault((str(r["id"]), str(r["response"])), {
-            "id": str(r["id"]), "question": r["question"], "reference": r["reference"],
-            "response": str(r["response"]), "cut": not bool(r["stopped"]),
-        })  # fmt: skip
-    rows = [seen[k] for k in sorted(seen)]
+    rows = [
+        {"id": key[0], "question": r["question"], "reference": r["reference"],
+         "response": key[1], "cut": not bool(r["stopped"])}
+        for key, r in _distinct_answers(exp, sweep).items()
+        if labelled is None or key not in labelled
+    ]  # fmt: skip
     order = np.random.default_rng(seed).permutation(len(rows))
     return [rows[i] for i in order]
 
@@ -357,18 +355,26 @@ def plot(exp: Any, sweep: Path, out: Path, res: dict | None = None) -> Path:
                        if "eval/accuracy" in r}  # fmt: skip
                 curves.append(pts)
         name = str(cell["name"])
-        lab = ((res or {}).get("cells", {}).get(name) or {}).get("labelled_steps")
+        entry = (res or {}).get("cells", {}).get(name) or {}
+        lab = entry.get("labelled_steps")
         if curves:
             steps = sorted(set.intersection(*[set(c) for c in curves]))
             ys = [np.mean([c[s] for c in curves]) for s in steps]
-            evaluator = ((res or {}).get("cells", {}).get(name) or {}).get("evaluator", "")
+            evaluator = entry.get("evaluator") or "evaluator"
             line = ax.plot(steps, ys, marker="o", lw=1.2, ms=3, ls="--" if lab else "-",
-                           label=f"{name} ({evaluator or 'evaluator'})" if lab else name)  # fmt: skip
+                           label=f"{name} ({evaluator})" if lab else name)  # fmt: skip
             if lab:
-                first = res["cells"][name]["labelled"]["before"]["mean"]
+                first = entry["labelled"]["before"]["mean"]
                 xs = [0] + [int(k) for k in lab]
-                ax.plot(xs, [first] + [d["after"]["mean"] for d in lab.values()], marker="s",
-                        lw=1.6, ms=4, color=line[0].get_color(), label=f"{name} (blind labels)")
+                ax.plot(
+                    xs,
+                    [first] + [d["after"]["mean"] for d in lab.values()],
+                    marker="s",
+                    lw=1.6,
+                    ms=4,
+                    color=line[0].get_color(),
+                    label=f"{name} (blind labels)",
+                )
     ax.set_xlabel("step")
     ax.set_ylabel("held-out accuracy")
     ax.grid(alpha=0.3)

@@ -1,4 +1,5 @@
-"""`python tools/onpolicy_answers.py ...`: rlvr_jax/cli/onpolicy_answers.py, whose docstring has the usage."""
+"""`python tools/onpolicy_answers.py ...`: rlvr_jax/cli/onpolicy_answers.py, whose docstring has
+the usage."""
 
 import sys
 

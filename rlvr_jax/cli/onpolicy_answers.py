@@ -11,15 +11,17 @@
 `prompts`: every training question of the shipped subjects with the paper's system prompt, as
 tools/sample.py input rows that keep id, subject, question and reference. `sheet`: the sampled
 answers shuffled, with only what a reader needs (id, question, reference, response, cut), so the
-reader cannot tell which policy or sample wrote an answer. An RL run's rollout logs (WORKDIR/rollouts/step_*.jsonl, `train.log_rollouts`) serve as
-samples too: the answers the reward judge scored during RL. `add`: appends the answers with the
+reader cannot tell which policy or sample wrote an answer. An RL run's rollout logs
+(WORKDIR/rollouts/step_*.jsonl, `train.log_rollouts`) serve as samples too: the answers the reward
+judge scored during RL. `add`: appends the answers with the
 first reader's label (`correct`), the second's (`second_label`) and the first's reason (`note`),
 each in its question's split (that of the shipped file, data/onpolicy/answers.jsonl; a question
 it does not hold is an error: the split is by question). `--file` names the file to grow (made
 when missing): data/onpolicy/rl_answers.jsonl holds the answers of RL-trained policies, apart from
-the default policy's, so that a judge recipe names which it trains on. The two readers must agree on every answer; a disagreement is printed and nothing is
-written, so that it is settled by reading, not by picking a reader: `--settled` gives a third
-reading of those answers (its label is `correct`, its reason the note, marked "settled").
+the default policy's, so that a judge recipe names which it trains on. The two readers must
+agree on every answer; a disagreement is printed and nothing is written, so that it is settled
+by reading, not by picking a reader: `--settled` gives a third reading of those answers (its
+label is `correct`, its reason the note, marked "settled").
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ def add(samples, policy, sample, first, second, file: Path, settled: dict | None
         if key not in first or key not in second:
             raise RowError(f"answer to {r['id']} is not labelled by both readers")
         if r["id"] not in split:
-            raise RowError(f"{r['id']}: a question of no split (the shipped on-policy file does not hold it)")
+            raise RowError(
+                f"{r['id']}: a question of no split (the shipped on-policy file does not hold it)"
+            )
         a, b = first[key], second[key]
         if a["label"] != b["label"]:
             if settled and key in settled:  # a third reading of this answer decides
@@ -116,7 +120,8 @@ def add(samples, policy, sample, first, second, file: Path, settled: dict | None
             "note": str(a.get("reason", "")), "split": split[r["id"]],
         } | ({"step": r["step"]} if "step" in r else {}))  # fmt: skip
     if disagree:
-        print(f"error: the readers disagree on {disagree} answers: nothing written", file=sys.stderr)
+        print(f"error: the readers disagree on {disagree} answers: nothing written",
+              file=sys.stderr)  # fmt: skip
         return 1
     old = [r for _, r in read_rows(file)] if file.exists() else []
     atomic.write_jsonl(file, old + new)
