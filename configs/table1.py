@@ -8,8 +8,8 @@ Variants:
   settings of configs/econ.py) with the distilled reward judge, evaluated by the evaluation judge
   on every test question (151).
 - `:core`: the cells of the CPU grid that matter most, in the same sweep directory (they count
-  toward the whole grid): RLOO with the judge's soft reward, the likelihood and the RLPR reward on
-  both seeds; Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
+  toward the whole grid): RLOO with the judge's soft reward, the same reward gated by the
+  reference's content words (`soft_gated`), the likelihood and the RLPR reward on both seeds; Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
 - `:long`: the judge's soft reward (RLOO) for three times the budget (36 steps, held-out
   evaluation every 18), both seeds, in a sweep directory of its own: whether the gain grows with
   steps. About 25 minutes per run on 2 cores.
@@ -26,6 +26,8 @@ ALGOS = ("reinforce", "rloo", "reinforce_pp")
 REWARDS = ("rule_binary", "rule_jaccard", "binary", "soft")
 # Reward kinds scored by the policy itself (another module provides them); one algorithm each.
 EXTRA_REWARDS = ("likelihood", "rlpr")
+# The judge's soft reward gated by the reference's content words (judge/rules.py); one algorithm.
+GATED_REWARDS = ("soft_gated",)
 
 
 def cells(rewards, algos, extra=()) -> list:
@@ -56,13 +58,14 @@ def get_config(arg: str | None = None):
         run.train.ckpt_every = 6
         run.train.export_hf = False
         run.train.tensorboard = False
-        c.cells = cells(REWARDS, ALGOS, EXTRA_REWARDS)
+        c.cells = cells(REWARDS, ALGOS, EXTRA_REWARDS + GATED_REWARDS)
         if arg == "core":
             by_name = {str(x["name"]): x for x in c.cells}
             c.cells = [
                 dict(by_name[name], seeds=seeds)
                 for name, seeds in (
                     ("rloo_soft", (0, 1)),
+                    ("rloo_soft_gated", (0, 1)),
                     ("rloo_likelihood", (0, 1)),
                     ("rloo_rlpr", (0, 1)),
                     ("rloo_rule_jaccard", (0,)),

@@ -291,6 +291,34 @@ def test_rule_rewards():
     assert rules.math_equivalent("", "0.5") == 0.0
 
 
+def test_content_word_gate():
+    # Stop words and case never open the gate; numbers are content words.
+    assert rules.shares_content_word("I think it is Accommodation.", "accommodation") == 1.0
+    assert rules.shares_content_word("It is the one of them.", "the law of demand") == 0.0
+    assert rules.shares_content_word("Um.", "law of demand") == 0.0
+    assert rules.shares_content_word("The price rises to 42.", "42 units") == 1.0
+    assert rules.shares_content_word("anything", "the") == 1.0  # nothing to gate on
+
+
+def test_soft_gated_reward_is_soft_where_the_gate_opens(tiny):
+    from rlvr_jax import data
+
+    _, tiny_judge = tiny
+    # Nearly every token a YES spelling, so the judge pays both answers something.
+    judge = scoring.Judge(tiny_judge.graphdef, tiny_judge.state, tiny_judge.tok, TINY)
+    vocab = int(judge.tok.vocab_size)
+    judge.yes_ids = jnp.arange(3, vocab - 2, dtype=jnp.int32)
+    judge.no_ids = jnp.asarray([vocab - 2, vocab - 1], jnp.int32)
+    rows = [data.Example(str(i), q, (), a, "s", "STEM") for i, (q, a) in
+            enumerate((("Capital?", "Paris"), ("Capital?", "Paris")))]  # fmt: skip
+    responses = ["The answer is Paris.", "The answer is Rome."]
+    out = RewardRunner("soft_gated", judge).score(rows, responses)
+    assert out["soft_gated"][0] == out["soft"][0] and out["soft"][0] > 0
+    assert out["soft_gated"][1] == 0.0 and out["soft"][1] > 0
+    with pytest.raises(data.DataError, match="needs a judge"):
+        RewardRunner("soft_gated", None)
+
+
 def test_judge_rejects_vocab_without_yes(tiny_tokenizer):
     graphdef, state = jax_from_torch(make_tiny_hf_model("llama_tied_gqa"))
     with pytest.raises(ValueError, match="YES"):

@@ -155,7 +155,9 @@ def judge_columns(
     judge_dir: str | Path, rows: Sequence[Mapping], view: str = "auto", name: str = "judge"
 ) -> dict[str, dict[str, np.ndarray]]:
     """The judge in `judge_dir` on the rows (its stored prompt settings; `view` overrides what of
-    a response it reads), as a quality_table column, on the default CPU device."""
+    a response it reads), as quality_table columns `name` and `name`_gated (its soft reward and
+    verdict where the response names a content word of the reference), on the default CPU
+    device."""
     from rlvr_jax.judge import prompts as judge_prompts
     from rlvr_jax.judge import scoring
     from rlvr_jax.models.model_dir import load_model
@@ -169,7 +171,15 @@ def judge_columns(
         [r["reference"] for r in rows],
         cut=[r["cut"] for r in rows],
     )
-    return {name: {"soft": res.soft, "binary": res.binary.astype(int)}}
+    from rlvr_jax.judge.rules import shares_content_word
+
+    gate = np.array([shares_content_word(r["response"], r["reference"]) for r in rows], np.float32)
+    soft, binary = np.asarray(res.soft, np.float32), res.binary.astype(int)
+    return {
+        name: {"soft": soft, "binary": binary},
+        # The soft_gated reward (judge/runner.py) as RL would be paid it.
+        f"{name}_gated": {"soft": soft * gate, "binary": binary * gate.astype(int)},
+    }
 
 
 def likelihood_columns(

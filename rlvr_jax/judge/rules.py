@@ -6,6 +6,7 @@ shows it hurts), and symbolic math equivalence through `math-verify`.
 
 from __future__ import annotations
 
+import functools
 import re
 
 
@@ -37,6 +38,31 @@ def rule_jaccard(response: str, reference: str) -> float:
     a = set(_WORD.findall(last_nonempty_line(response).casefold()))
     b = set(_WORD.findall(reference.casefold()))
     return len(a & b) / len(a | b) if a | b else 0.0
+
+
+@functools.cache
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def content_words(text: str) -> set[str]:
+    """The casefolded words of `text` that are not English stop words (numbers stay)."""
+    stop = _stop_words()
+    return {w for w in _WORD.findall(text.casefold()) if w not in stop}
+
+
+def shares_content_word(response: str, reference: str) -> float:
+    """1.0 if the response names at least one content word of the reference, else 0.0.
+
+    The gate of the `soft_gated` reward: an answer that names nothing of the reference cannot be
+    equivalent to it in this task's references (terms, names, numbers), while the judge pays such
+    answers when they sound confident ("Um.", "This illustrates S.I.R.A.P.S."). A reference with
+    no content word (all stop words) never closes the gate.
+    """
+    ref = content_words(reference)
+    return float(not ref or bool(ref & content_words(response)))
 
 
 def math_equivalent(response: str, reference: str) -> float:
