@@ -10,9 +10,9 @@ Variants:
 - `:core`: the cells of the CPU grid that matter most, in the same sweep directory (they count
   toward the whole grid): RLOO with the judge's soft reward, the same reward gated by the
   reference's content words (`soft_gated`), the likelihood and the RLPR reward on both seeds; Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
-- `:long`: the judge's soft reward (RLOO) for three times the budget (36 steps, held-out
-  evaluation every 18), both seeds, in a sweep directory of its own: whether the gain grows with
-  steps. About 25 minutes per run on 2 cores.
+- `:long`: the judge's soft reward, plain and gated (RLOO), for three times the budget (36 steps,
+  held-out evaluation every 18), both seeds, in a sweep directory of its own: whether the gain
+  grows with steps. About 25 minutes per run on 2 cores.
 - `:smoke`: the tiny random policy on the synthetic echo task with the rule rewards; minutes.
 - `:accel`: accelerator-sized: more prompts, samples, tokens and steps, three seeds.
 """
@@ -78,7 +78,7 @@ def get_config(arg: str | None = None):
             run.train.eval_every = 18
             # The trained policy as a model, to sample new on-policy answers for the judge's labels.
             run.train.export_hf = True
-            c.cells = [x for x in c.cells if x["name"] == "rloo_soft"]
+            c.cells = [x for x in c.cells if x["name"] in ("rloo_soft", "rloo_soft_gated")]
         if arg == "accel":
             c.name, c.sweep_dir, c.seeds = "table1_accel", "~/runs/table1_accel", (0, 1, 2)
             run.rollout.prompts_per_step = 32
