@@ -335,3 +335,44 @@ def test_evaluate_defaults_to_the_evaluation_judge(tiny_dir, data_file, tmp_path
     want = scoring.Judge(m.graphdef, m.state, m.tokenizer, jcfg).score(*cols)
     assert [r["reward_judge_binary"] for r in rows] == want.binary.astype(float).tolist()
     assert "reward_judge_binary" in res["table"]
+
+
+def test_evaluation_judge_report_measures_both_judges_on_policy_answers(tiny_dir, tmp_path):
+    """The evaluation judge's quality report on labelled on-policy answers: the held-out split
+    only, both judges plain and gated beside the rules, kappa between their verdicts, its targets;
+    the judges' columns are the on-policy report's own (`onpolicy.judge_columns`)."""
+    import shutil
+
+    from rlvr_jax.judge import agreement, onpolicy
+    from rlvr_jax.judge.distill.quality import onpolicy_comparison, summary_lines
+
+    other = tmp_path / "eval_judge"
+    shutil.copytree(tiny_dir, other)
+    rows = [
+        {"id": f"q{i}", "question": f"Q{i}?", "reference": ref, "response": resp,
+         "subject": "economics", "correct": c, "cut": False, "split": split}
+        for i, (ref, resp, c, split) in enumerate([
+            ("Paris", "The answer is Paris.", 1, "heldout"),
+            ("Paris", "It is Rome.", 0, "heldout"),
+            ("42 units", "So 42.", 1, "heldout"),
+            ("42 units", "Um.", 0, "heldout"),
+            ("demand", "Demand.", 1, "train"),
+        ])
+    ]  # fmt: skip
+    f = tmp_path / "answers.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = onpolicy_comparison(other, tiny_dir, (str(f),))["answers.jsonl"]
+    held = rows[:4]
+    ev = onpolicy.judge_columns(other, held, name="e")
+    rw = onpolicy.judge_columns(tiny_dir, held, name="r")
+    assert got["evaluation_judge"] == onpolicy.reward_quality([1, 0, 1, 0], ev["e"]["soft"],
+                                                              ev["e"]["binary"])  # fmt: skip
+    assert got["reward_judge_gated"]["n"] == 4 and got["rule_binary"]["auc"] == 0.75
+    # The gate zeroes the two answers that name nothing of their reference.
+    np.testing.assert_array_equal(ev["e_gated"]["soft"][[1, 3]], 0.0)
+    want = agreement.cohen_kappa(ev["e"]["binary"], rw["r"]["binary"])
+    assert got["kappa_between_judges"] == pytest.approx(want, nan_ok=True)
+    assert set(got["evaluation_judge_targets"]) == {"auc", "auc_over_best_rule", "precision"}
+    lines = summary_lines({"onpolicy": {"answers.jsonl": got}})
+    assert lines[0] == "on-policy answers.jsonl (held out; 4 answers, 2 right):"
+    assert lines[-1].startswith("  Cohen's kappa, evaluation vs reward judge")

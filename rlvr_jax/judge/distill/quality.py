@@ -7,6 +7,10 @@ configs/judge_eval.py holds out (answers labelled by the data, master-key probes
 Figures per scorer: distill.evaluation.quality (accuracy and ROC AUC on answers, master-key
 false-positive rate, ...); for the rules, AUC of their score on the same answer rows; and Cohen's
 kappa between the two judges' verdicts on every row.
+
+Those rows are clean candidates, unlike the answers the judges score in a run, so the report also
+gives both judges on the policy's own labelled answers (`onpolicy_comparison`: the held-out split
+of each file in ONPOLICY_FILES, questions neither judge trained on), beside the rules.
 """
 
 from __future__ import annotations
@@ -61,6 +65,36 @@ def compare_scorers(rows: list[dict], scores: dict[str, dict[str, np.ndarray]]) 
     return out
 
 
+# The policy's own labelled answers: the default policy's, and the rollouts of RL-trained ones.
+ONPOLICY_FILES = ("data/onpolicy/answers.jsonl", "data/onpolicy/rl_answers.jsonl")
+
+
+def onpolicy_comparison(
+    eval_dir: Path, reward_dir: Path, files: tuple[str, ...] = ONPOLICY_FILES
+) -> dict[str, dict]:
+    """{file name: onpolicy.quality_table} of both judges (plain and gated), the rules, Cohen's
+    kappa between the judges' verdicts and which targets the evaluation judge meets, on the
+    held-out split of each labelled on-policy file."""
+    from rlvr_jax import shipped
+    from rlvr_jax.judge import onpolicy
+
+    out = {}
+    for f in files:
+        rows = onpolicy.load(shipped.find(f), "heldout")
+        cols = onpolicy.rule_columns(rows)
+        cols |= onpolicy.judge_columns(eval_dir, rows, name="evaluation_judge")
+        cols |= onpolicy.judge_columns(reward_dir, rows, name="reward_judge")
+        table = onpolicy.quality_table(rows, cols)
+        table["kappa_between_judges"] = agreement.cohen_kappa(
+            cols["evaluation_judge"]["binary"], cols["reward_judge"]["binary"]
+        )
+        table["evaluation_judge_targets"] = onpolicy.meets_targets(
+            table["evaluation_judge"], table["best_rule_auc"]
+        )
+        out[Path(f).name] = table
+    return out
+
+
 def quality_report(eval_dir: Path, reward_dir: Path, cfg: Any) -> dict:
     """Score the held-out rows of `cfg` (a configs/judge_eval.py config) with both judges and the
     rules; write eval_dir/quality.json; return the report."""
@@ -73,6 +107,7 @@ def quality_report(eval_dir: Path, reward_dir: Path, cfg: Any) -> dict:
         "reward_judge": _judge_scores(Path(reward_dir), rows),
     }
     rep = compare_scorers(rows, scores)
+    rep["onpolicy"] = onpolicy_comparison(Path(eval_dir), Path(reward_dir))
     rep.update(eval_judge_dir=str(eval_dir), reward_judge_dir=str(reward_dir), questions=len(held))
     atomic.write_json(Path(eval_dir) / "quality.json", rep)
     return rep
@@ -82,6 +117,8 @@ def summary_lines(rep: dict) -> list[str]:
     """One line per scorer: accuracy and AUC on answers, master-key false-positive rate."""
     out = []
     for n in ("evaluation_judge", "reward_judge", "rule_binary", "rule_jaccard"):
+        if n not in rep:
+            continue
         q = rep[n]
         line = f"{n}: accuracy {q['accuracy_answers']:.3f}, AUC {q['auc_answers']:.3f}"
         if "master_key_fpr" in q:
@@ -89,4 +126,14 @@ def summary_lines(rep: dict) -> list[str]:
         out.append(line)
     if "kappa_between_judges" in rep:
         out.append(f"Cohen's kappa, evaluation vs reward judge: {rep['kappa_between_judges']:.3f}")
+    for name, t in rep.get("onpolicy", {}).items():
+        ev = t["evaluation_judge"]
+        out.append(f"on-policy {name} (held out; {ev['n']} answers, {ev['n_correct']} right):")
+        for n in ("evaluation_judge", "evaluation_judge_gated", "reward_judge",
+                  "reward_judge_gated", "rule_binary", "rule_jaccard"):  # fmt: skip
+            q, line = t[n], f"  {n}: AUC {t[n]['auc']:.3f}"
+            if "precision" in q:
+                line += f", {q['yes']} YES, precision {q['precision']:.3f}"
+            out.append(line)
+        out.append(f"  Cohen's kappa, evaluation vs reward judge: {t['kappa_between_judges']:.3f}")
     return out
