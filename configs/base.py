@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Reward. judge.reward picks the scalar fed to RL: soft (paper Eq. 4), soft_normalized,
     # binary (the judge's verdict), soft_gated (soft where the response names a content word of
-    # the reference, else 0: rlvr_jax/judge/rules.py shares_content_word), rule_binary, rule_jaccard, math (math-verify equivalence),
+    # the reference, else 0: rlvr_jax/judge/rules.py shares_content_word), rule_binary,
+    # rule_jaccard, math (math-verify equivalence),
     # likelihood (mean log-prob of the reference after the response's reasoning) or rlpr (RLPR's
     # debiased mean probability); see rlvr_jax/judge/likelihood.py. The last two need no judge: with
     # them judge.model is ignored (never resolved, so "distilled" distils nothing).

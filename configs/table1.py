@@ -9,7 +9,8 @@ Variants:
   on every test question (151).
 - `:core`: the cells of the CPU grid that matter most, in the same sweep directory (they count
   toward the whole grid): RLOO with the judge's soft reward, the same reward gated by the
-  reference's content words (`soft_gated`), the likelihood and the RLPR reward on both seeds; Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
+  reference's content words (`soft_gated`), the likelihood and the RLPR reward on both seeds;
+  Jaccard and SFT on seed 0. About 20 minutes per run on 2 cores.
 - `:long`: the judge's soft reward, plain and gated (RLOO), for three times the budget (36 steps,
   held-out evaluation every 18), both seeds, in a sweep directory of its own: whether the gain
   grows with steps. About 25 minutes per run on 2 cores.
