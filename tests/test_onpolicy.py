@@ -175,3 +175,21 @@ def test_a_judge_recipe_names_more_on_policy_files(tmp_path):
     cfg.distill.onpolicy_more = (str(b),)
     assert [r["id"] for r in onpolicy_answers(cfg, "train")] == ["q1", "q3"]
     assert [r["id"] for r in onpolicy_answers(cfg, "heldout")] == ["q2"]
+
+
+def test_report_command_keeps_one_run_with_source(tmp_path, capsys):
+    rows = [{**_row(i, c, response=r), "policy": p} for i, (c, r, p) in enumerate([
+        (1, "It is x.", "run/a"), (0, "It is y.", "run/a"), (0, "It is x, or y.", "run/b"),
+    ])]  # fmt: skip
+    path = tmp_path / "rl.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "t.json"
+    args = ["--input", str(path), "--split", "all", "--out", str(out)]
+    assert onpolicy.main([*args, "--source", "run/a"]) == 0
+    table = json.loads(out.read_text())
+    # run/b's wrong answer names x too: kept, it would take rule_binary's AUC below 1.
+    assert table["rule_binary"]["n"] == 2 and table["rule_binary"]["auc"] == 1.0
+    assert "2 on-policy answers (all, run/a), 1 correct" in capsys.readouterr().out
+    assert onpolicy.main([*args]) == 0 and json.loads(out.read_text())["rule_binary"]["n"] == 3
+    assert onpolicy.main([*args, "--source", "run/c"]) == 2
+    assert "no answers with policy 'run/c'" in capsys.readouterr().err

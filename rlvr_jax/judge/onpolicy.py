@@ -8,7 +8,8 @@ labels by the paper's rule (data/README.md, "onpolicy"), split by question into 
 distillation may use them) and "heldout" (only measured on). Every judge report gives its figures
 on the held-out answers beside the rule rewards':
 
-    python -m rlvr_jax.onpolicy --judge MODEL_DIR [--policy default] [--split heldout] [--out F]
+    python -m rlvr_jax.onpolicy --judge MODEL_DIR [--policy default] [--split heldout]
+        [--input F] [--source RUN] [--out F]
 
 prints ROC AUC (of the soft score), YES precision and recall, and Cohen's kappa with the labels,
 for the judge, the rule rewards, the likelihood rewards of `--policy` (AUC only: they give no
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--input", default=None, help=f"labelled answers (default {DEFAULT_FILE})")
     p.add_argument("--split", default="heldout", help="heldout | train | all")
+    p.add_argument(
+        "--source", default=None, help="only the answers whose `policy` field is this (one run)"
+    )
     p.add_argument("--out", default=None, help="write the table as JSON here")
     args = p.parse_args(argv)
     from rlvr_jax.judge.answers import answer_view
@@ -223,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     except OnPolicyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.source is not None:
+        rows = [r for r in rows if r.get("policy") == args.source]
+        if not rows:
+            print(f"error: no answers with policy {args.source!r} in the file", file=sys.stderr)
+            return 2
     cols = rule_columns(rows)
     no_answer = np.array([not answer_view(r["response"], r["cut"]).committed for r in rows])
     for i, j in enumerate(args.judge):
@@ -231,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         cols |= likelihood_columns(args.policy, rows)
     table = quality_table(rows, cols)
     table["no_answer_rate"] = float(no_answer.mean()) if len(rows) else math.nan
+    of = f", {args.source}" if args.source else ""
     print(
-        f"{len(rows)} on-policy answers ({args.split}), {sum(r['correct'] for r in rows)} correct"
+        f"{len(rows)} on-policy answers ({args.split}{of}), "
+        f"{sum(r['correct'] for r in rows)} correct"
     )
     print(markdown(table), end="")
     if args.out:
