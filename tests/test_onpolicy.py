@@ -191,5 +191,7 @@ def test_report_command_keeps_one_run_with_source(tmp_path, capsys):
     assert table["rule_binary"]["n"] == 2 and table["rule_binary"]["auc"] == 1.0
     assert "2 on-policy answers (all, run/a), 1 correct" in capsys.readouterr().out
     assert onpolicy.main([*args]) == 0 and json.loads(out.read_text())["rule_binary"]["n"] == 3
+    assert onpolicy.main([*args, "--source", "run/"]) == 0  # a prefix: every run of a cell
+    assert json.loads(out.read_text())["rule_binary"]["n"] == 3
     assert onpolicy.main([*args, "--source", "run/c"]) == 2
     assert "no answers with policy 'run/c'" in capsys.readouterr().err

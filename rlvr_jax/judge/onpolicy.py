@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", default=None, help=f"labelled answers (default {DEFAULT_FILE})")
     p.add_argument("--split", default="heldout", help="heldout | train | all")
     p.add_argument(
-        "--source", default=None, help="only the answers whose `policy` field is this (one run)"
+        "--source",
+        default=None,
+        help="only the answers whose `policy` field starts with this (a run, or a cell's runs)",
     )
     p.add_argument("--out", default=None, help="write the table as JSON here")
     args = p.parse_args(argv)
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.source is not None:
-        rows = [r for r in rows if r.get("policy") == args.source]
+        rows = [r for r in rows if str(r.get("policy", "")).startswith(args.source)]
         if not rows:
             print(f"error: no answers with policy {args.source!r} in the file", file=sys.stderr)
             return 2
