@@ -15,7 +15,11 @@ def get_config(arg: str | None = None):
     # distilled from labelled economics rows (python -m rlvr_jax.distill) does, and is the default.
     c.judge.model = "distilled"
     c.judge.template = "auto"  # the distilled judge's own: the short prompt it was trained on
-    c.judge.reward = "soft"
+    # The judge's soft reward where the response names a content word of the reference: on the
+    # policy's own labelled answers it ranks them better (held-out AUC 0.89 against 0.82) and pays
+    # right answers a larger share; the plain reward taught Table 1's long runs short confident
+    # answers that the judge pays whatever they say (README, "What the judge reads").
+    c.judge.reward = "soft_gated"
     c.data.train = ("data/economics/train.jsonl",)
     c.data.test = ("data/economics/test.jsonl",)
     c.rollout.prompts_per_step = 4
