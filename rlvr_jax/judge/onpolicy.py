@@ -172,9 +172,9 @@ def judge_columns(
         [r["reference"] for r in rows],
         cut=[r["cut"] for r in rows],
     )
-    from rlvr_jax.judge.rules import shares_content_word
+    from rlvr_jax.judge.rules import content_gate
 
-    gate = np.array([shares_content_word(r["response"], r["reference"]) for r in rows], np.float32)
+    gate = content_gate([r["response"] for r in rows], [r["reference"] for r in rows])
     soft, binary = np.asarray(res.soft, np.float32), res.binary.astype(int)
     return {
         name: {"soft": soft, "binary": binary},

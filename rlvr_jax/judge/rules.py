@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
+
+import numpy as np
 
 
 def last_nonempty_line(response: str) -> str:
@@ -63,6 +66,15 @@ def shares_content_word(response: str, reference: str) -> float:
     """
     ref = content_words(reference)
     return float(not ref or bool(ref & content_words(response)))
+
+
+def content_gate(responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """`shares_content_word` of each (response, reference) pair, as a float32 [N] mask: the
+    `soft_gated` reward is the judge's soft reward times it (judge/runner.py)."""
+    return np.array(
+        [shares_content_word(r, a) for r, a in zip(responses, references, strict=True)],
+        np.float32,
+    )
 
 
 def math_equivalent(response: str, reference: str) -> float:

@@ -20,12 +20,7 @@ from rlvr_jax.judge import prompts as judge_prompts
 from rlvr_jax.judge import specs
 from rlvr_jax.judge.answers import answer_view
 from rlvr_jax.judge.likelihood import LIKELIHOOD_REWARDS, LikelihoodScorer
-from rlvr_jax.judge.rules import (
-    math_equivalent,
-    rule_binary,
-    rule_jaccard,
-    shares_content_word,
-)
+from rlvr_jax.judge.rules import content_gate, math_equivalent, rule_binary, rule_jaccard
 from rlvr_jax.judge.scoring import Judge
 from rlvr_jax.models.model_dir import LoadedModel
 
@@ -34,9 +29,10 @@ RULE_REWARDS = {
     "rule_jaccard": rule_jaccard,
     "math": math_equivalent,
 }
-# soft_gated: the soft reward where the response names a content word of the reference, else 0
-# (rules.shares_content_word).
-JUDGE_REWARDS = ("soft", "soft_normalized", "binary", "soft_gated")
+# The judge's rewards: the fields of its scores (judge/scoring.py Rewards), and soft_gated, the soft
+# reward where the response names a content word of the reference, else 0 (rules.content_gate).
+_JUDGE_FIELDS = ("soft", "soft_normalized", "binary")
+JUDGE_REWARDS = (*_JUDGE_FIELDS, "soft_gated")
 
 
 class RewardRunner:
@@ -139,10 +135,9 @@ class RewardRunner:
         }
         if self.judge is not None:
             res = self.judge.score([ex.question for ex in rows], responses, refs, cut=cuts)
-            for name in ("soft", "soft_normalized", "binary"):
+            for name in _JUDGE_FIELDS:
                 out[name] = np.asarray(getattr(res, name), np.float32)
-            gate = [shares_content_word(r, a) for r, a in zip(responses, refs, strict=True)]
-            out["soft_gated"] = out["soft"] * np.asarray(gate, np.float32)
+            out["soft_gated"] = out["soft"] * content_gate(responses, refs)
             out["judge_p_yes"] = np.asarray(res.p_yes, np.float32)
             out["no_answer"] = np.asarray(res.empty, np.float32)  # as the judge's view reads it
             out["judge_verdict"] = np.asarray(res.verdict, np.int32)  # 1 YES, 0 NO, -1 NEITHER
