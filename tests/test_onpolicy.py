@@ -195,3 +195,22 @@ def test_report_command_keeps_one_run_with_source(tmp_path, capsys):
     assert json.loads(out.read_text())["rule_binary"]["n"] == 3
     assert onpolicy.main([*args, "--source", "run/c"]) == 2
     assert "no answers with policy 'run/c'" in capsys.readouterr().err
+
+
+def test_distillation_report_gives_the_judge_plain_and_gated():
+    """distill's on-policy figures (evaluation.onpolicy_quality): the judge's column as the report
+    command builds it (`onpolicy.verdict_columns`), its gated twin, the rules, the targets."""
+    from rlvr_jax.judge.distill import evaluation
+
+    rows = [{**_row(i, 0, response=resp), "reference": "Paris", "label": lab}
+            for i, (resp, lab) in enumerate([("Paris.", "YES"), ("Rome.", "NO"),
+                                             ("Um.", "NO"), ("It is Paris", "YES")])]  # fmt: skip
+    r = {"soft": np.array([0.9, 0.2, 0.95, 0.3]), "binary": np.array([1, 0, 1, 0])}
+    table = evaluation.onpolicy_quality(rows, r)
+    labels = [1, 0, 0, 1]
+    assert table["judge"] == onpolicy.reward_quality(labels, r["soft"], r["binary"])
+    # "Um." names nothing of Paris: the gate takes its 0.95 and its YES away.
+    gated = onpolicy.reward_quality(labels, [0.9, 0.0, 0.0, 0.3], [1, 0, 0, 0])
+    assert table["judge_gated"] == gated and gated["auc"] == 1.0 and gated["precision"] == 1.0
+    assert table["judge"]["precision"] == 0.5 and "rule_binary" in table
+    assert set(table["judge_targets"]) == {"auc", "auc_over_best_rule", "precision"}

@@ -172,13 +172,21 @@ def judge_columns(
         [r["reference"] for r in rows],
         cut=[r["cut"] for r in rows],
     )
+    return verdict_columns(name, res.soft, res.binary, rows)
+
+
+def verdict_columns(
+    name: str, soft: Sequence[float], binary: Sequence[int], rows: Sequence[Mapping]
+) -> dict[str, dict[str, np.ndarray]]:
+    """A judge's soft scores and verdicts [n] on the rows as quality_table columns: `name`, and
+    `name`_gated, the soft_gated reward (judge/runner.py) as RL would be paid it, with the verdict
+    gated alike."""
     from rlvr_jax.judge.rules import content_gate
 
     gate = content_gate([r["response"] for r in rows], [r["reference"] for r in rows])
-    soft, binary = np.asarray(res.soft, np.float32), res.binary.astype(int)
+    soft, binary = np.asarray(soft), np.asarray(binary).astype(int)
     return {
         name: {"soft": soft, "binary": binary},
-        # The soft_gated reward (judge/runner.py) as RL would be paid it.
         f"{name}_gated": {"soft": soft * gate, "binary": binary * gate.astype(int)},
     }
 

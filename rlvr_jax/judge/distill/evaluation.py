@@ -88,12 +88,15 @@ def quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
 
 
 def onpolicy_quality(rows: Sequence[Mapping], r: Mapping[str, np.ndarray]) -> dict:
-    """The judge beside the rule rewards on labelled on-policy answers (onpolicy.quality_table),
-    with which of onpolicy.TARGETS the judge meets."""
+    """The judge, plain and gated (`judge_gated`), beside the rule rewards on labelled on-policy
+    answers (onpolicy.quality_table), with which of onpolicy.TARGETS the judge meets."""
     from rlvr_jax.judge import onpolicy
 
     answers = [{**x, "correct": int(x["label"] == "YES")} for x in rows]
-    cols = {"judge": {"soft": r["soft"], "binary": r["binary"]}, **onpolicy.rule_columns(answers)}
+    cols = {
+        **onpolicy.verdict_columns("judge", r["soft"], r["binary"], answers),
+        **onpolicy.rule_columns(answers),
+    }
     table = onpolicy.quality_table(answers, cols)
     table["judge_targets"] = onpolicy.meets_targets(table["judge"], table["best_rule_auc"])
     return table
